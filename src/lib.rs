@@ -1,0 +1,12 @@
+//! gtfs-rt-kafka: poll a GTFS-Realtime feed, convert it to canonical protobuf JSON, produce it to Kafka.
+//!
+//! Modules follow the data flow of one poll: `fetch` → `decode` → `json` → `kafka`,
+//! driven by `app`'s single-threaded loop with settings from `config`.
+#![forbid(unsafe_code)]
+
+pub mod app;
+pub mod config;
+pub mod decode;
+pub mod fetch;
+pub mod json;
+pub mod kafka;
