@@ -10,3 +10,5 @@ pub mod decode;
 pub mod fetch;
 pub mod json;
 pub mod kafka;
+pub mod signals;
+pub mod sink;

@@ -1,1 +1,140 @@
-fn main() {}
+//! Entry point: parse config, set up logging and signals, run, map the outcome to an exit code.
+//!
+//! Exit codes: 0 clean stop / `--once` delivered; 1 `--once` failed or `convert` input invalid;
+//! 2 invalid setting or usage; 128+N on a second SIGINT/SIGTERM (immediate exit).
+#![forbid(unsafe_code)]
+
+use std::io::{Read, Write};
+use std::process::ExitCode;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use gtfs_rt_kafka::app::{self, Pipeline};
+use gtfs_rt_kafka::config::{self, Command, Config, ConvertConfig, SinkKind};
+use gtfs_rt_kafka::decode::decode_feed;
+use gtfs_rt_kafka::json::{write_feed, Envelope};
+use gtfs_rt_kafka::signals::Signals;
+use gtfs_rt_kafka::sink::{KafkaSink, Sink, StdoutSink};
+
+const EXIT_FAILED: u8 = 1;
+const EXIT_CONFIG: u8 = 2;
+
+fn main() -> ExitCode {
+    let env = |name: &str| std::env::var(name).ok();
+    match config::parse(std::env::args().skip(1), &env) {
+        Ok(Command::Help) => {
+            print!("{}", config::HELP);
+            ExitCode::SUCCESS
+        }
+        Ok(Command::Version) => {
+            println!("gtfs-rt-kafka {}", env!("CARGO_PKG_VERSION"));
+            ExitCode::SUCCESS
+        }
+        Ok(Command::Convert(c)) => convert(&c),
+        Ok(Command::Run(c)) => run(&c),
+        Err(e) => {
+            eprintln!("gtfs-rt-kafka: {e}");
+            ExitCode::from(EXIT_CONFIG)
+        }
+    }
+}
+
+fn run(config: &Config) -> ExitCode {
+    init_logging(config.log_level);
+    let mut signals = match Signals::install() {
+        Ok(s) => s,
+        Err(e) => {
+            log::error!("cannot install signal handlers: {e}");
+            return ExitCode::from(EXIT_FAILED);
+        }
+    };
+    let mut pipeline = Pipeline::new(config);
+    let mut sink: Box<dyn Sink> = match config.sink {
+        SinkKind::Kafka => Box::new(KafkaSink::new(&config.kafka)),
+        SinkKind::Stdout => Box::new(StdoutSink::new(std::io::stdout().lock())),
+    };
+    log::info!(
+        "starting: {} every {:.1}s -> {}",
+        pipeline_source(config),
+        config.poll_interval.as_secs_f64(),
+        sink_target(config)
+    );
+    let outcome = app::run(config, &mut pipeline, sink.as_mut(), &mut signals);
+    log::info!("stopped: {}", outcome.stats);
+    if config.once && !outcome.last_ok {
+        return ExitCode::from(EXIT_FAILED);
+    }
+    ExitCode::SUCCESS
+}
+
+fn pipeline_source(config: &Config) -> String {
+    gtfs_rt_kafka::fetch::redact_url(&config.fetch.url)
+}
+
+fn sink_target(config: &Config) -> String {
+    match config.sink {
+        SinkKind::Stdout => "stdout".to_string(),
+        SinkKind::Kafka => format!(
+            "kafka {} topic {} (acks {:?}, compression {:?})",
+            config.kafka.bootstrap.join(","),
+            config.kafka.topic,
+            config.kafka.acks,
+            config.kafka.compression
+        ),
+    }
+}
+
+/// Logs go to stderr so `--sink stdout` and `convert` keep stdout for documents only.
+fn init_logging(level: log::LevelFilter) {
+    let logger = simple_logger::SimpleLogger::new()
+        .with_level(level)
+        .with_utc_timestamps();
+    if logger.init().is_err() {
+        eprintln!("gtfs-rt-kafka: logger already initialised");
+    }
+}
+
+fn convert(c: &ConvertConfig) -> ExitCode {
+    let name = c.input.as_deref().unwrap_or("stdin");
+    let bytes = match read_input(c.input.as_deref()) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("gtfs-rt-kafka: convert {name}: {e}");
+            return ExitCode::from(EXIT_FAILED);
+        }
+    };
+    let feed = match decode_feed(&bytes) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("gtfs-rt-kafka: convert {name}: {e}");
+            return ExitCode::from(EXIT_FAILED);
+        }
+    };
+    let envelope = Envelope {
+        producer_timestamp: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs_f64(),
+        source_id: &c.source_id,
+        event_type: &c.event_type,
+    };
+    let mut out = Vec::with_capacity(bytes.len() * 4);
+    write_feed(&mut out, &feed, c.names, Some(&envelope));
+    out.push(b'\n');
+    let mut stdout = std::io::stdout().lock();
+    if let Err(e) = stdout.write_all(&out).and_then(|_| stdout.flush()) {
+        eprintln!("gtfs-rt-kafka: convert {name}: writing stdout failed: {e}");
+        return ExitCode::from(EXIT_FAILED);
+    }
+    ExitCode::SUCCESS
+}
+
+fn read_input(path: Option<&str>) -> std::io::Result<Vec<u8>> {
+    match path {
+        Some(p) => std::fs::read(p),
+        None => {
+            let mut buf = Vec::new();
+            std::io::stdin().lock().read_to_end(&mut buf)?;
+            Ok(buf)
+        }
+    }
+}

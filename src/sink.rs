@@ -1,0 +1,142 @@
+//! Where documents go: Kafka through our client, or stdout (one JSON document per line).
+//!
+//! The app hands a finished document to a `Sink`; only `KafkaSink` knows Kafka exists.
+
+use std::fmt;
+use std::io::Write;
+use std::time::Instant;
+
+use crate::config::{AcksSetting, CompressionSetting, KafkaSettings};
+use crate::kafka::{Acks, Compression, KafkaError, Producer, ProducerConfig, Record};
+
+/// Where a document landed, for the poll's log line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Landed {
+    Kafka {
+        topic: String,
+        partition: i32,
+        offset: i64,
+    },
+    Stdout,
+}
+
+impl fmt::Display for Landed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Landed::Kafka {
+                topic,
+                partition,
+                offset,
+            } => write!(f, "{topic}[{partition}]@{offset}"),
+            Landed::Stdout => f.write_str("stdout"),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub enum SinkError {
+    Kafka(KafkaError),
+    Stdout(std::io::Error),
+}
+
+impl fmt::Display for SinkError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SinkError::Kafka(e) => write!(f, "deliver: {e}"),
+            SinkError::Stdout(e) => write!(f, "deliver: writing to stdout failed: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for SinkError {}
+
+pub trait Sink {
+    /// Delivers one document (no key), retrying as the sink sees fit until `deadline`.
+    fn deliver(
+        &mut self,
+        document: &[u8],
+        timestamp_ms: i64,
+        deadline: Instant,
+    ) -> Result<Landed, SinkError>;
+}
+
+pub struct KafkaSink {
+    producer: Producer,
+    topic: String,
+}
+
+impl KafkaSink {
+    pub fn new(settings: &KafkaSettings) -> KafkaSink {
+        let config = ProducerConfig {
+            bootstrap: settings.bootstrap.clone(),
+            client_id: settings.client_id.clone(),
+            acks: match settings.acks {
+                AcksSetting::All => Acks::All,
+                AcksSetting::Leader => Acks::Leader,
+                AcksSetting::None => Acks::None,
+            },
+            compression: match settings.compression {
+                CompressionSetting::None => Compression::None,
+                CompressionSetting::Gzip => Compression::Gzip,
+                CompressionSetting::Snappy => Compression::Snappy,
+                CompressionSetting::Lz4 => Compression::Lz4,
+                CompressionSetting::Zstd => Compression::Zstd,
+            },
+            request_timeout: settings.request_timeout,
+            ..ProducerConfig::default()
+        };
+        KafkaSink {
+            producer: Producer::new(config),
+            topic: settings.topic.clone(),
+        }
+    }
+}
+
+impl Sink for KafkaSink {
+    fn deliver(
+        &mut self,
+        document: &[u8],
+        timestamp_ms: i64,
+        deadline: Instant,
+    ) -> Result<Landed, SinkError> {
+        let record = Record {
+            key: None,
+            value: document,
+            timestamp_ms,
+        };
+        let deliveries = self
+            .producer
+            .produce(&self.topic, &[record], deadline)
+            .map_err(SinkError::Kafka)?;
+        let (partition, offset) = deliveries
+            .first()
+            .map_or((-1, -1), |d| (d.partition, d.offset));
+        Ok(Landed::Kafka {
+            topic: self.topic.clone(),
+            partition,
+            offset,
+        })
+    }
+}
+
+/// Writes each document and a newline, flushed, so `| jq` or a pipe consumer sees it at once.
+pub struct StdoutSink<W: Write> {
+    out: W,
+}
+
+impl<W: Write> StdoutSink<W> {
+    pub fn new(out: W) -> Self {
+        StdoutSink { out }
+    }
+}
+
+impl<W: Write> Sink for StdoutSink<W> {
+    fn deliver(&mut self, document: &[u8], _: i64, _: Instant) -> Result<Landed, SinkError> {
+        self.out
+            .write_all(document)
+            .and_then(|_| self.out.write_all(b"\n"))
+            .and_then(|_| self.out.flush())
+            .map_err(SinkError::Stdout)?;
+        Ok(Landed::Stdout)
+    }
+}

@@ -1,0 +1,242 @@
+//! Shared test helpers: fixtures and goldens, a tiny HTTP server, process control, and the
+//! independent Kafka reader (confluent-kafka via tests/py/consume.py).
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::Value;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_gtfs-rt-kafka");
+
+pub fn repo_path(rel: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(rel)
+}
+
+pub fn fixture_path(name: &str) -> String {
+    repo_path(&format!("tests/fixtures/gtfs-rt/{name}"))
+        .display()
+        .to_string()
+}
+
+/// The reference JSON (Google's Python runtime) for a fixture.
+pub fn golden(fixture: &str) -> Value {
+    let stem = fixture.trim_end_matches(".pb");
+    let path = repo_path(&format!("tests/golden/{stem}.json"));
+    let text = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_slice(&text).unwrap()
+}
+
+/// Asserts `doc` is the fixture's reference JSON plus exactly the three envelope fields.
+pub fn assert_document(doc: &[u8], fixture: &str, source_id: &str, event_type: &str) -> Value {
+    let mut value: Value = serde_json::from_slice(doc)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(doc)));
+    let object = value.as_object_mut().expect("document is an object");
+    let ts = object
+        .remove("producer_timestamp")
+        .expect("producer_timestamp");
+    assert!(ts.is_f64(), "producer_timestamp must be a float: {ts}");
+    assert_eq!(object.remove("source_id"), Some(Value::from(source_id)));
+    assert_eq!(object.remove("event_type"), Some(Value::from(event_type)));
+    assert!(value == golden(fixture), "{fixture}: document differs from golden");
+    let mut full: Value = serde_json::from_slice(doc).unwrap();
+    full.as_object_mut().unwrap().insert("producer_timestamp".into(), ts);
+    full
+}
+
+pub fn now_secs() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+/// What the test HTTP server answers to every request.
+#[derive(Clone)]
+pub enum Response {
+    Ok(Vec<u8>),
+    Status(u16),
+    /// Accept the connection, read the request, never answer.
+    Hang,
+}
+
+impl Response {
+    pub fn fixture(name: &str) -> Response {
+        Response::Ok(std::fs::read(fixture_path(name)).unwrap())
+    }
+    pub fn status(code: u16) -> Response {
+        Response::Status(code)
+    }
+}
+
+/// A one-thread HTTP/1.1 server on 127.0.0.1 answering every request the same way.
+pub struct FeedServer {
+    port: u16,
+    requests: Arc<AtomicUsize>,
+}
+
+impl FeedServer {
+    pub fn start(response: Response) -> FeedServer {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let requests = Arc::new(AtomicUsize::new(0));
+        let counter = requests.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { continue };
+                let response = response.clone();
+                let counter = counter.clone();
+                std::thread::spawn(move || serve(stream, &response, &counter));
+            }
+        });
+        FeedServer { port, requests }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    pub fn requests(&self) -> usize {
+        self.requests.load(Ordering::SeqCst)
+    }
+
+    pub fn wait_for_requests(&self, n: usize, timeout: Duration) {
+        let start = Instant::now();
+        while self.requests() < n {
+            assert!(start.elapsed() < timeout, "only {} requests", self.requests());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+fn serve(stream: TcpStream, response: &Response, counter: &AtomicUsize) {
+    let mut reader = BufReader::new(stream);
+    loop {
+        // Read one request head.
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+            return;
+        }
+        loop {
+            let mut header = String::new();
+            if reader.read_line(&mut header).unwrap_or(0) == 0 || header == "\r\n" {
+                break;
+            }
+        }
+        counter.fetch_add(1, Ordering::SeqCst);
+        let stream = reader.get_mut();
+        let written = match response {
+            Response::Ok(body) => write!(
+                stream,
+                "HTTP/1.1 200 OK\r\nContent-Type: application/x-protobuf\r\nContent-Length: {}\r\n\r\n",
+                body.len()
+            )
+            .and_then(|_| stream.write_all(body)),
+            Response::Status(code) => write!(
+                stream,
+                "HTTP/1.1 {code} Oops\r\nContent-Length: 5\r\n\r\noops!"
+            ),
+            Response::Hang => {
+                std::thread::sleep(Duration::from_secs(120));
+                return;
+            }
+        };
+        if written.is_err() {
+            return;
+        }
+    }
+}
+
+/// A port nothing listens on (bound then released).
+pub fn dead_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+pub fn signal(pid: u32, name: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+pub fn wait_timeout(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(status);
+        }
+        if start.elapsed() > timeout {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The broker address from `var`, or None (test skipped) unless GRK_REQUIRE_BROKERS=1.
+pub fn broker(var: &str) -> Option<String> {
+    match std::env::var(var) {
+        Ok(v) if !v.is_empty() => Some(v),
+        _ if std::env::var("GRK_REQUIRE_BROKERS").as_deref() == Ok("1") => {
+            panic!("{var} is not set but GRK_REQUIRE_BROKERS=1")
+        }
+        _ => {
+            eprintln!("skipped: {var} not set");
+            None
+        }
+    }
+}
+
+pub fn unique_topic(prefix: &str) -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!("e2e-{prefix}-{}-{nanos}", std::process::id())
+}
+
+fn python() -> String {
+    std::env::var("GRK_PYTHON").unwrap_or_else(|_| "python3".to_string())
+}
+
+pub fn create_topic(broker: &str, topic: &str, partitions: u32) {
+    let out = Command::new(python())
+        .arg(repo_path("tests/py/create_topic.py"))
+        .args(["--bootstrap", broker, "--topic", topic])
+        .args(["--partitions", &partitions.to_string()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "create_topic: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Reads `count` records with confluent-kafka; each is {"partition","offset","key","value",...}.
+pub fn consume(broker: &str, topic: &str, count: usize) -> Vec<Value> {
+    let out = Command::new(python())
+        .arg(repo_path("tests/py/consume.py"))
+        .args(["--bootstrap", broker, "--topic", topic])
+        .args(["--count", &count.to_string(), "--timeout", "60"])
+        .output()
+        .unwrap();
+    let mut stdout = String::new();
+    out.stdout.as_slice().read_to_string(&mut stdout).unwrap();
+    assert!(
+        out.status.success(),
+        "consume: {}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}

@@ -1,0 +1,273 @@
+//! End-to-end tests of the real binary: a local HTTP server serves fixtures, the binary polls it,
+//! and records are read back from real brokers with an independent client (confluent-kafka,
+//! through tests/py/consume.py).
+//!
+//! Brokers come from GRK_TEST_KAFKA4 / GRK_TEST_KAFKA39 / GRK_TEST_TANSU ("host:port", started by
+//! `.ci/brokers start all`). Unset means "skipped", unless GRK_REQUIRE_BROKERS=1 (as in CI),
+//! where it is a failure.
+
+mod common;
+
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::Value;
+
+const VP_FIXTURE: &str = "mbta-vp-1.pb";
+
+#[test]
+fn convert_prints_the_reference_document_with_envelope() {
+    for fixture in ["mbta-vp-1.pb", "synthetic-pl-alerts.pb", "ovapi-nl-tu-1.pb"] {
+        let out = Command::new(BIN)
+            .args(["convert", &fixture_path(fixture)])
+            .args(["--source-id", "src", "--event-type", "evt"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let text = String::from_utf8(out.stdout).unwrap();
+        assert_eq!(text.lines().count(), 1, "one document, one line");
+        assert_document(text.trim_end().as_bytes(), fixture, "src", "evt");
+    }
+}
+
+#[test]
+fn convert_reads_stdin_and_rejects_garbage_with_one_line() {
+    let mut child = Command::new(BIN)
+        .args(["convert", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(
+        child.stdin.as_mut().unwrap(),
+        b"<html><body>502 Bad Gateway</body></html>",
+    )
+    .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty());
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.to_lowercase().contains("html"), "{err}");
+}
+
+#[test]
+fn invalid_settings_exit_2_naming_the_setting() {
+    let check = |env: (&str, &str), expected: &str| {
+        let out = Command::new(BIN)
+            .env(env.0, env.1)
+            .arg("--once")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{env:?}");
+        let err = String::from_utf8(out.stderr).unwrap();
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.contains(expected), "{err}");
+    };
+    check(("POLL_INTERVAL", "fast"), "POLL_INTERVAL / --poll-interval");
+    check(("KAFKA_BROKER", "host:notaport"), "KAFKA_BROKER / --kafka-broker");
+    check(("VEHICLE_URL", "gopher://x"), "VEHICLE_URL / --vehicle-url");
+    check(("KAFKA_TOPIC", "no spaces"), "KAFKA_TOPIC / --kafka-topic");
+}
+
+#[test]
+fn once_to_stdout_from_http() {
+    let server = FeedServer::start(Response::fixture(VP_FIXTURE));
+    let out = Command::new(BIN)
+        .env("VEHICLE_URL", server.url("/feed?acl:consumerKey=SECRET123"))
+        .args(["--sink", "stdout", "--once"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert_document(
+        String::from_utf8(out.stdout).unwrap().trim_end().as_bytes(),
+        VP_FIXTURE,
+        "toei_vehicle_api",
+        "gtfs_realtime_vehicle",
+    );
+    assert!(err.contains("poll ok:"), "{err}");
+    assert!(err.contains("48 entities"), "{err}");
+    assert!(!err.contains("SECRET123"), "API key leaked: {err}");
+}
+
+#[test]
+fn http_errors_fail_once_with_one_redacted_line() {
+    let server = FeedServer::start(Response::status(500));
+    let out = Command::new(BIN)
+        .env("VEHICLE_URL", server.url("/feed?acl:consumerKey=SECRET123"))
+        .args(["--sink", "stdout", "--once", "--log-level", "trace"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let failures: Vec<&str> = err.lines().filter(|l| l.contains("poll failed")).collect();
+    assert_eq!(failures.len(), 1, "{err}");
+    assert!(failures[0].contains("HTTP status 500"), "{err}");
+    assert!(failures[0].contains("acl:consumerKey=***"), "{err}");
+    assert!(!err.contains("SECRET123"), "API key leaked: {err}");
+}
+
+#[test]
+fn unreachable_broker_fails_once_naming_it() {
+    let server = FeedServer::start(Response::fixture(VP_FIXTURE));
+    let dead = dead_port();
+    let out = Command::new(BIN)
+        .env("VEHICLE_URL", server.url("/feed"))
+        .env("KAFKA_BROKER", format!("127.0.0.1:{dead}"))
+        .args(["--once", "--delivery-timeout", "2"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("127.0.0.1:{dead}")), "{err}");
+}
+
+#[test]
+fn sigterm_while_sleeping_exits_0_at_once() {
+    let server = FeedServer::start(Response::fixture(VP_FIXTURE));
+    let mut child = Command::new(BIN)
+        .env("VEHICLE_URL", server.url("/feed"))
+        .args(["--sink", "stdout", "--poll-interval", "60"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait for the first poll's document, so the process is sleeping before the next.
+    let mut first = [0u8; 1];
+    child.stdout.as_mut().unwrap().read_exact(&mut first).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let sent = Instant::now();
+    signal(child.id(), "TERM");
+    let status = wait_timeout(&mut child, Duration::from_secs(5)).expect("did not exit");
+    let took = sent.elapsed();
+    assert_eq!(status.code(), Some(0));
+    assert!(took < Duration::from_millis(900), "took {took:?}");
+    let mut err = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    assert!(err.contains("stopped: 1 polls, 1 delivered"), "{err}");
+}
+
+#[test]
+fn second_signal_during_a_hung_poll_exits_immediately() {
+    let server = FeedServer::start(Response::Hang);
+    let mut child = Command::new(BIN)
+        .env("VEHICLE_URL", server.url("/feed"))
+        .args(["--sink", "stdout", "--http-timeout", "30"])
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    server.wait_for_requests(1, Duration::from_secs(5));
+    signal(child.id(), "TERM");
+    // The first signal lets the in-flight poll finish (it would take 30 s here)...
+    assert!(wait_timeout(&mut child, Duration::from_millis(500)).is_none());
+    // ...the second one does not wait.
+    let sent = Instant::now();
+    signal(child.id(), "TERM");
+    let status = wait_timeout(&mut child, Duration::from_secs(5)).expect("did not exit");
+    assert_eq!(status.code(), Some(143));
+    assert!(sent.elapsed() < Duration::from_millis(900));
+}
+
+#[test]
+fn once_into_apache_kafka_4() {
+    if let Some(broker) = broker("GRK_TEST_KAFKA4") {
+        once_into(&broker);
+    }
+}
+
+#[test]
+fn once_into_apache_kafka_39() {
+    if let Some(broker) = broker("GRK_TEST_KAFKA39") {
+        once_into(&broker);
+    }
+}
+
+#[test]
+fn once_into_tansu() {
+    if let Some(broker) = broker("GRK_TEST_TANSU") {
+        once_into(&broker);
+    }
+}
+
+/// `VEHICLE_URL=… KAFKA_BROKER=… KAFKA_TOPIC=… gtfs-rt-kafka --once` lands one record equal to
+/// the reference plus the three metadata fields, read back by confluent-kafka.
+fn once_into(broker: &str) {
+    let server = FeedServer::start(Response::fixture(VP_FIXTURE));
+    let topic = unique_topic("once");
+    create_topic(broker, &topic, 1);
+    let before = now_secs();
+    let out = Command::new(BIN)
+        .env("VEHICLE_URL", server.url("/feed"))
+        .env("KAFKA_BROKER", broker)
+        .env("KAFKA_TOPIC", &topic)
+        .arg("--once")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains(&format!("{topic}[0]@0")), "{err}");
+    let records = consume(broker, &topic, 1);
+    assert_eq!(records.len(), 1);
+    let record = &records[0];
+    assert_eq!(record["key"], Value::Null);
+    let value = record["value"].as_str().unwrap();
+    let doc = assert_document(
+        value.as_bytes(),
+        VP_FIXTURE,
+        "toei_vehicle_api",
+        "gtfs_realtime_vehicle",
+    );
+    let ts = doc["producer_timestamp"].as_f64().unwrap();
+    assert!(ts >= before && ts <= now_secs() + 1.0, "{ts}");
+    let record_ts_ms = record["timestamp_ms"].as_i64().unwrap();
+    assert!((record_ts_ms as f64 / 1000.0 - ts).abs() < 1.0);
+}
+
+#[test]
+fn loop_delivers_every_poll_and_stops_cleanly_kafka_4() {
+    let Some(broker) = broker("GRK_TEST_KAFKA4") else {
+        return;
+    };
+    let server = FeedServer::start(Response::fixture(VP_FIXTURE));
+    let topic = unique_topic("loop");
+    create_topic(&broker, &topic, 3);
+    let mut child = Command::new(BIN)
+        .env("VEHICLE_URL", server.url("/feed"))
+        .env("KAFKA_BROKER", &broker)
+        .env("KAFKA_TOPIC", &topic)
+        .args(["--poll-interval", "0.5", "--compression", "lz4"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    server.wait_for_requests(5, Duration::from_secs(30));
+    signal(child.id(), "TERM");
+    let status = wait_timeout(&mut child, Duration::from_secs(15)).expect("did not exit");
+    assert_eq!(status.code(), Some(0));
+    let mut err = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    let delivered = err.lines().filter(|l| l.contains("poll ok:")).count();
+    assert!(delivered >= 5, "{err}");
+    assert!(err.contains(&format!("{delivered} delivered")), "{err}");
+    let records = consume(&broker, &topic, delivered);
+    assert_eq!(records.len(), delivered);
+    let mut stamps: Vec<f64> = records
+        .iter()
+        .map(|r| {
+            let doc = assert_document(
+                r["value"].as_str().unwrap().as_bytes(),
+                VP_FIXTURE,
+                "toei_vehicle_api",
+                "gtfs_realtime_vehicle",
+            );
+            doc["producer_timestamp"].as_f64().unwrap()
+        })
+        .collect();
+    stamps.sort_by(f64::total_cmp);
+    stamps.dedup();
+    assert_eq!(stamps.len(), delivered, "each poll is its own record");
+}
