@@ -1,0 +1,99 @@
+//! Producer settings and their defaults, all in one `Default` impl; never parses strings or env vars
+//! (the app's config module does that once at startup).
+
+use std::time::Duration;
+
+/// How many replicas must have the batch before the broker answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Acks {
+    /// All in-sync replicas (`acks=-1`). The default.
+    #[default]
+    All,
+    /// Only the partition leader (`acks=1`).
+    Leader,
+    /// No acknowledgement at all (`acks=0`): the broker sends no response and offsets are unknown (-1).
+    None,
+}
+
+impl Acks {
+    /// The value of the Produce request's `acks` field.
+    pub(crate) fn wire(self) -> i16 {
+        match self {
+            Acks::All => -1,
+            Acks::Leader => 1,
+            Acks::None => 0,
+        }
+    }
+}
+
+/// Record batch compression. Every codec is pure Rust.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Compression {
+    /// Uncompressed. The default.
+    #[default]
+    None,
+    Gzip,
+    Snappy,
+    Lz4,
+    Zstd,
+}
+
+impl Compression {
+    pub(crate) fn to_protocol(self) -> kafka_protocol::records::Compression {
+        use kafka_protocol::records::Compression as P;
+        match self {
+            Compression::None => P::None,
+            Compression::Gzip => P::Gzip,
+            Compression::Snappy => P::Snappy,
+            Compression::Lz4 => P::Lz4,
+            Compression::Zstd => P::Zstd,
+        }
+    }
+}
+
+/// Settings of a [`Producer`](super::Producer).
+#[derive(Debug, Clone)]
+pub struct ProducerConfig {
+    /// Brokers to ask for metadata first, each `host:port`. Defaults to empty (must be set).
+    pub bootstrap: Vec<String>,
+    /// Sent in every request header, shows up in broker logs and quotas. Defaults to `gtfs-rt-kafka`.
+    pub client_id: String,
+    /// Defaults to [`Acks::All`].
+    pub acks: Acks,
+    /// Defaults to [`Compression::None`].
+    pub compression: Compression,
+    /// Longest wait for one response; also sent as the Produce request's timeout. Defaults to 30 s.
+    pub request_timeout: Duration,
+    /// Longest wait to open one TCP connection. Defaults to 10 s.
+    pub connect_timeout: Duration,
+    /// First pause before a retry; doubles per attempt, with ±20 % jitter. Defaults to 100 ms.
+    pub retry_backoff: Duration,
+    /// Upper bound of the retry pause. Defaults to 1 s.
+    pub retry_backoff_max: Duration,
+    /// Metadata older than this is refreshed before use. Defaults to 5 min.
+    pub metadata_max_age: Duration,
+    /// Metadata refreshes that may report the topic unknown before `produce` gives up with
+    /// `UnknownTopic` (gives auto-creation time). Defaults to 10.
+    pub unknown_topic_retries: u32,
+    /// Idempotent produce (InitProducerId, per-partition sequence numbers): retries never duplicate
+    /// records. Needs `acks = All`. Defaults to false.
+    pub idempotence: bool,
+}
+
+impl Default for ProducerConfig {
+    fn default() -> Self {
+        ProducerConfig {
+            bootstrap: Vec::new(),
+            client_id: "gtfs-rt-kafka".to_owned(),
+            acks: Acks::All,
+            compression: Compression::None,
+            request_timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(10),
+            retry_backoff: Duration::from_millis(100),
+            retry_backoff_max: Duration::from_secs(1),
+            metadata_max_age: Duration::from_secs(5 * 60),
+            unknown_topic_retries: 10,
+            idempotence: false,
+        }
+    }
+}

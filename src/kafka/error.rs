@@ -1,0 +1,268 @@
+//! The one error type of the Kafka client: what failed, where (broker, topic, partition) and whether
+//! trying again can help. Never decides what to retry; `produce` and the producer loop do.
+
+use std::fmt;
+
+use kafka_protocol::error::ResponseError;
+
+/// What the client was doing on a connection when an I/O error or a timeout hit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Resolving the address and opening the TCP connection.
+    Connect,
+    /// Writing a request.
+    Write,
+    /// Waiting for or reading a response.
+    Read,
+}
+
+impl fmt::Display for Phase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Phase::Connect => "connect",
+            Phase::Write => "write",
+            Phase::Read => "read",
+        })
+    }
+}
+
+/// Everything that can go wrong while producing.
+///
+/// Each variant carries the context an operator needs (broker `host:port`, topic, partition, the
+/// Kafka error code name); `Display` renders it as one log line.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum KafkaError {
+    /// The producer configuration cannot work (for example no bootstrap address).
+    Config {
+        setting: &'static str,
+        reason: String,
+    },
+    /// A socket operation failed: refused, reset, closed by the broker, unreachable.
+    Io {
+        broker: String,
+        phase: Phase,
+        detail: String,
+    },
+    /// A socket operation did not finish in time.
+    Timeout { broker: String, phase: Phase },
+    /// The broker sent bytes that are not a valid response to what we asked.
+    Malformed {
+        broker: String,
+        api: &'static str,
+        detail: String,
+    },
+    /// The broker and this client share no version of an API we need.
+    UnsupportedVersion {
+        broker: String,
+        api: &'static str,
+        ours: (i16, i16),
+        theirs: Option<(i16, i16)>,
+    },
+    /// The broker answered with a Kafka error code.
+    Broker {
+        broker: String,
+        topic: String,
+        partition: Option<i32>,
+        code: i16,
+        message: Option<String>,
+        retriable: bool,
+    },
+    /// The broker refused a batch for its size.
+    MessageTooLarge {
+        broker: String,
+        topic: String,
+        partition: i32,
+        batch_bytes: usize,
+        largest_record_bytes: usize,
+    },
+    /// The topic does not exist (and was not auto-created) after several metadata refreshes.
+    UnknownTopic {
+        topic: String,
+        broker: String,
+        attempts: u32,
+    },
+    /// No bootstrap or known broker could be reached for metadata.
+    NoBrokerReachable { tried: usize, last: Box<KafkaError> },
+    /// The caller's deadline passed before every record was acknowledged.
+    DeadlineExceeded {
+        topic: String,
+        undelivered: usize,
+        attempts: u32,
+        last: Option<Box<KafkaError>>,
+    },
+    /// A request could not be encoded (a record or batch exceeds the protocol's limits).
+    Encode { topic: String, detail: String },
+}
+
+impl KafkaError {
+    /// Whether the same call may succeed later without changing configuration or data.
+    pub fn is_retriable(&self) -> bool {
+        match self {
+            KafkaError::Io { .. }
+            | KafkaError::Timeout { .. }
+            | KafkaError::NoBrokerReachable { .. }
+            | KafkaError::DeadlineExceeded { .. } => true,
+            KafkaError::Broker { retriable, .. } => *retriable,
+            KafkaError::Config { .. }
+            | KafkaError::Malformed { .. }
+            | KafkaError::UnsupportedVersion { .. }
+            | KafkaError::MessageTooLarge { .. }
+            | KafkaError::UnknownTopic { .. }
+            | KafkaError::Encode { .. } => false,
+        }
+    }
+
+    /// The Kafka error code, when the broker sent one.
+    pub fn code(&self) -> Option<i16> {
+        match self {
+            KafkaError::Broker { code, .. } => Some(*code),
+            KafkaError::MessageTooLarge { .. } => Some(10),
+            KafkaError::UnknownTopic { .. } => Some(3),
+            _ => None,
+        }
+    }
+
+    /// A broker error for `code`, using the protocol's own retriable flag.
+    pub(crate) fn broker_code(
+        broker: &str,
+        topic: &str,
+        partition: Option<i32>,
+        code: i16,
+        message: Option<String>,
+    ) -> KafkaError {
+        KafkaError::Broker {
+            broker: broker.to_owned(),
+            topic: topic.to_owned(),
+            partition,
+            code,
+            message,
+            retriable: ResponseError::try_from_code(code).is_some_and(|e| e.is_retriable()),
+        }
+    }
+}
+
+/// The name Kafka's documentation uses for an error code, e.g. `NOT_LEADER_OR_FOLLOWER`.
+pub fn error_code_name(code: i16) -> String {
+    match ResponseError::try_from_code(code) {
+        None => "NONE".to_owned(),
+        Some(ResponseError::Unknown(code)) => format!("UNKNOWN_CODE_{code}"),
+        // The crate names codes in CamelCase after Kafka's SCREAMING_SNAKE names.
+        Some(known) => {
+            let camel = known.to_string();
+            let mut name = String::with_capacity(camel.len() + 8);
+            for (i, c) in camel.chars().enumerate() {
+                if c.is_ascii_uppercase() && i > 0 {
+                    name.push('_');
+                }
+                name.push(c.to_ascii_uppercase());
+            }
+            name
+        }
+    }
+}
+
+impl fmt::Display for KafkaError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            KafkaError::Config { setting, reason } => {
+                write!(f, "kafka config {setting}: {reason}")
+            }
+            KafkaError::Io { broker, phase, detail } => {
+                write!(f, "kafka broker {broker}: {phase} failed: {detail} (retriable)")
+            }
+            KafkaError::Timeout { broker, phase } => {
+                write!(f, "kafka broker {broker}: {phase} timed out (retriable)")
+            }
+            KafkaError::Malformed { broker, api, detail } => {
+                write!(f, "kafka broker {broker}: malformed {api} response: {detail}")
+            }
+            KafkaError::UnsupportedVersion { broker, api, ours, theirs } => {
+                write!(f, "kafka broker {broker}: no common {api} version: client supports v{}..=v{}", ours.0, ours.1)?;
+                match theirs {
+                    Some((min, max)) => write!(f, ", broker v{min}..=v{max}"),
+                    None => f.write_str(", broker does not offer the API"),
+                }
+            }
+            KafkaError::Broker { broker, topic, partition, code, message, retriable } => {
+                write!(f, "kafka broker {broker}: topic {topic}")?;
+                if let Some(p) = partition {
+                    write!(f, " partition {p}")?;
+                }
+                write!(f, ": {} (code {code}, ", error_code_name(*code))?;
+                f.write_str(if *retriable { "retriable)" } else { "not retriable)" })?;
+                if let Some(m) = message.as_deref().filter(|m| !m.is_empty()) {
+                    write!(f, ": {m}")?;
+                }
+                Ok(())
+            }
+            KafkaError::MessageTooLarge { broker, topic, partition, batch_bytes, largest_record_bytes } => write!(
+                f,
+                "kafka broker {broker}: topic {topic} partition {partition}: MESSAGE_TOO_LARGE (code 10, not retriable): \
+                 batch of {batch_bytes} bytes (largest record {largest_record_bytes} bytes) refused; enable compression \
+                 (KAFKA_COMPRESSION) or raise the broker's message.max.bytes / topic max.message.bytes"
+            ),
+            KafkaError::UnknownTopic { topic, broker, attempts } => write!(
+                f,
+                "kafka broker {broker}: unknown topic {topic} after {attempts} metadata refreshes \
+                 (create it, or enable auto.create.topics.enable on the broker)"
+            ),
+            KafkaError::NoBrokerReachable { tried, last } => {
+                write!(f, "kafka: none of {tried} brokers reachable; last error: {last}")
+            }
+            KafkaError::DeadlineExceeded { topic, undelivered, attempts, last } => {
+                write!(f, "kafka topic {topic}: deadline passed with {undelivered} records unacknowledged after {attempts} attempts")?;
+                match last {
+                    Some(last) => write!(f, "; last error: {last}"),
+                    None => Ok(()),
+                }
+            }
+            KafkaError::Encode { topic, detail } => {
+                write!(f, "kafka topic {topic}: cannot encode request: {detail}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for KafkaError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn code_names_follow_kafka_docs() {
+        let check = |code: i16, name: &str| assert_eq!(error_code_name(code), name, "code {code}");
+        check(0, "NONE");
+        check(-1, "UNKNOWN_SERVER_ERROR");
+        check(3, "UNKNOWN_TOPIC_OR_PARTITION");
+        check(6, "NOT_LEADER_OR_FOLLOWER");
+        check(10, "MESSAGE_TOO_LARGE");
+        check(17, "INVALID_TOPIC_EXCEPTION");
+        check(20, "NOT_ENOUGH_REPLICAS_AFTER_APPEND");
+        check(29, "TOPIC_AUTHORIZATION_FAILED");
+        check(35, "UNSUPPORTED_VERSION");
+        check(9999, "UNKNOWN_CODE_9999");
+    }
+
+    #[test]
+    fn display_is_one_line_with_context() {
+        let e = KafkaError::broker_code("b:9092", "t", Some(2), 6, Some("moved".into()));
+        assert_eq!(
+            e.to_string(),
+            "kafka broker b:9092: topic t partition 2: NOT_LEADER_OR_FOLLOWER (code 6, retriable): moved"
+        );
+        assert!(e.is_retriable());
+        let e = KafkaError::MessageTooLarge {
+            broker: "b:9092".into(),
+            topic: "t".into(),
+            partition: 0,
+            batch_bytes: 2_000_000,
+            largest_record_bytes: 1_500_000,
+        };
+        let line = e.to_string();
+        assert!(!line.contains('\n'));
+        assert!(line.contains("KAFKA_COMPRESSION") && line.contains("message.max.bytes"));
+        assert!(!e.is_retriable());
+    }
+}

@@ -1,0 +1,748 @@
+//! The producer facade: one blocking `produce` call moves bytes between the sans-IO core
+//! (versions, metadata, partitioner, batch, produce) and the transport, with retries, backoff and
+//! reconnects. Owns the connections; never encodes or parses protocol bytes itself.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use kafka_protocol::messages::{
+    ApiKey, InitProducerIdRequest, InitProducerIdResponse, MetadataResponse, ProduceResponse,
+    ProducerId,
+};
+use kafka_protocol::protocol::{Decodable, Encodable};
+
+use super::batch::{encode_batch, BatchRecord, Identity};
+use super::config::{Acks, ProducerConfig};
+use super::error::KafkaError;
+use super::metadata::{Metadata, TopicStatus, UNKNOWN_TOPIC_OR_PARTITION};
+use super::produce::{self, Outcome, PartitionBatch};
+use super::transport::{Connector, TcpConnector, Transport};
+use super::versions::{Handshake, HandshakeStep, Versions, INIT_PRODUCER_ID};
+use super::{partitioner, wire};
+
+/// One record to produce. The timestamp is the record's creation time in ms since the epoch.
+#[derive(Debug, Clone, Copy)]
+pub struct Record<'a> {
+    pub key: Option<&'a [u8]>,
+    pub value: &'a [u8],
+    pub timestamp_ms: i64,
+}
+
+/// Where a record was written. `offset` is -1 with `Acks::None` (the broker does not answer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Delivery {
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// An open, negotiated connection.
+struct Conn {
+    transport: Box<dyn Transport>,
+    encoder: wire::RequestEncoder,
+    versions: Versions,
+}
+
+/// Producer id and the next sequence number per (topic, partition), for idempotent produce.
+#[derive(Debug)]
+struct Idempotence {
+    producer_id: i64,
+    producer_epoch: i16,
+    next_sequence: HashMap<(String, i32), i32>,
+}
+
+/// A blocking Kafka producer over our own protocol client.
+pub struct Producer {
+    config: ProducerConfig,
+    connector: Box<dyn Connector>,
+    conns: HashMap<String, Conn>,
+    metadata: Metadata,
+    idempotence: Option<Idempotence>,
+    /// Number of `produce` calls so far; rotates the keyless partition.
+    calls: u64,
+    rng: XorShift,
+}
+
+impl std::fmt::Debug for Producer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Producer")
+            .field("config", &self.config)
+            .field("connections", &self.conns.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A request written to a broker whose response is still to be read.
+struct InFlight {
+    addr: String,
+    correlation_id: i32,
+    version: i16,
+    batches: Vec<PartitionBatch>,
+}
+
+impl Producer {
+    /// Creates a producer. Does no I/O: connections open on the first `produce`.
+    pub fn new(config: ProducerConfig) -> Producer {
+        Producer::with_connector(config, Box::new(TcpConnector))
+    }
+
+    pub(crate) fn with_connector(
+        config: ProducerConfig,
+        connector: Box<dyn Connector>,
+    ) -> Producer {
+        Producer {
+            config,
+            connector,
+            conns: HashMap::new(),
+            metadata: Metadata::default(),
+            idempotence: None,
+            calls: 0,
+            rng: XorShift::seeded(),
+        }
+    }
+
+    /// Sends all records to `topic` (grouped by partition, one request per leader), retrying
+    /// retriable errors with exponential backoff and jitter until `deadline`; returns one
+    /// [`Delivery`] per record, in input order.
+    ///
+    /// Keyed records go to `murmur2(key) % partitions` like the Java client; keyless records of
+    /// one call share one partition, rotating between calls.
+    pub fn produce(
+        &mut self,
+        topic: &str,
+        records: &[Record<'_>],
+        deadline: Instant,
+    ) -> Result<Vec<Delivery>, KafkaError> {
+        if records.is_empty() {
+            return Ok(Vec::new());
+        }
+        if self.config.bootstrap.is_empty() {
+            return Err(KafkaError::Config {
+                setting: "bootstrap",
+                reason: "no broker address".to_owned(),
+            });
+        }
+        if self.config.idempotence && self.config.acks != Acks::All {
+            return Err(KafkaError::Config {
+                setting: "acks",
+                reason: "idempotence needs acks=all".to_owned(),
+            });
+        }
+        self.calls = self.calls.wrapping_add(1);
+        let result = self.produce_inner(topic, records, deadline);
+        if result.is_err() && self.idempotence.take().is_some() {
+            // Some batches may or may not be in the log; a new producer id restarts sequences cleanly.
+            log::debug!("kafka: produce to {topic} failed, dropping producer id");
+        }
+        result
+    }
+
+    fn produce_inner(
+        &mut self,
+        topic: &str,
+        records: &[Record<'_>],
+        deadline: Instant,
+    ) -> Result<Vec<Delivery>, KafkaError> {
+        let mut partition_of: Vec<Option<i32>> = vec![None; records.len()];
+        let mut offsets: Vec<Option<i64>> = vec![None; records.len()];
+        // Base sequence of each partition's batch in this call, kept across retries so the
+        // broker recognises a resent batch.
+        let mut sequences: HashMap<i32, i32> = HashMap::new();
+        let mut attempts: u32 = 0;
+        let mut unknown_topic: u32 = 0;
+        let mut last: Option<KafkaError> = None;
+        let mut refresh = false;
+        loop {
+            if attempts > 0 {
+                self.backoff(attempts, deadline);
+            }
+            if Instant::now() >= deadline {
+                return Err(KafkaError::DeadlineExceeded {
+                    topic: topic.to_owned(),
+                    undelivered: offsets.iter().filter(|o| o.is_none()).count(),
+                    attempts,
+                    last: last.map(Box::new),
+                });
+            }
+            attempts += 1;
+            let budget = self.config.unknown_topic_retries;
+            // 1. Metadata.
+            if refresh {
+                self.metadata.invalidate(topic);
+                refresh = false;
+            }
+            if self
+                .metadata
+                .topic(topic, Instant::now(), self.config.metadata_max_age)
+                .is_none()
+            {
+                match self.refresh_metadata(topic, deadline) {
+                    Ok(TopicStatus::Known) => {}
+                    Ok(TopicStatus::NotReady(e)) => {
+                        count_unknown_topic(&e, topic, &mut unknown_topic, budget)?;
+                        log::debug!("kafka: {e}");
+                        last = Some(e);
+                        continue;
+                    }
+                    Err(e) if e.is_retriable() => {
+                        log::debug!("kafka: {e}");
+                        last = Some(e);
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            if self.config.idempotence && self.idempotence.is_none() {
+                match self.init_producer_id(deadline) {
+                    Ok(()) => {}
+                    Err(e) if e.is_retriable() => {
+                        log::debug!("kafka: {e}");
+                        last = Some(e);
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            let Some(info) = self
+                .metadata
+                .topic(topic, Instant::now(), self.config.metadata_max_age)
+                .cloned()
+            else {
+                continue;
+            };
+
+            // 2. Partitions, assigned once per record and kept across retries.
+            let available = info.available();
+            for (record, slot) in records.iter().zip(partition_of.iter_mut()) {
+                if slot.is_none() {
+                    *slot = match record.key {
+                        Some(key) => info
+                            .partitions
+                            .get(partitioner::partition_for_key(key, info.partitions.len()))
+                            .map(|p| p.id),
+                        None => partitioner::sticky_partition(self.calls, &available),
+                    };
+                }
+            }
+
+            // 3. Pending records by partition, partitions by leader.
+            let mut by_partition: BTreeMap<i32, Vec<usize>> = BTreeMap::new();
+            let mut unassigned = false;
+            for (i, (partition, offset)) in partition_of.iter().zip(&offsets).enumerate() {
+                match (partition, offset) {
+                    (_, Some(_)) => {}
+                    (Some(p), None) => by_partition.entry(*p).or_default().push(i),
+                    (None, None) => unassigned = true,
+                }
+            }
+            let mut by_leader: BTreeMap<i32, Vec<i32>> = BTreeMap::new();
+            for &p in by_partition.keys() {
+                match info.leader(p) {
+                    Some(leader) => by_leader.entry(leader).or_default().push(p),
+                    None => unassigned = true,
+                }
+            }
+            if unassigned {
+                refresh = true;
+                last = Some(KafkaError::broker_code(
+                    "-",
+                    topic,
+                    None,
+                    5,
+                    Some("no leader yet".to_owned()),
+                ));
+            }
+
+            // 4. One request per leader, all written before any response is read.
+            let mut in_flight: Vec<InFlight> = Vec::new();
+            for (leader, partitions) in by_leader {
+                let Some(addr) = self.metadata.broker_addr(leader).map(str::to_owned) else {
+                    refresh = true;
+                    continue;
+                };
+                let mut batches = Vec::with_capacity(partitions.len());
+                for p in partitions {
+                    let idx = &by_partition[&p];
+                    let identity = self.identity(topic, p, &mut sequences);
+                    let batch_records: Vec<BatchRecord> = idx
+                        .iter()
+                        .map(|&i| BatchRecord {
+                            key: records[i].key,
+                            value: records[i].value,
+                            timestamp_ms: records[i].timestamp_ms,
+                        })
+                        .collect();
+                    let batch = encode_batch(&batch_records, self.config.compression, identity)
+                        .map_err(|detail| KafkaError::Encode {
+                            topic: topic.to_owned(),
+                            detail,
+                        })?;
+                    batches.push(PartitionBatch {
+                        partition: p,
+                        batch,
+                    });
+                }
+                match self.send_produce(&addr, topic, batches, deadline) {
+                    Ok(Some(flight)) => in_flight.push(flight),
+                    Ok(None) => {
+                        // acks=0: written is all we will ever know.
+                        for idx in by_partition
+                            .iter()
+                            .filter(|(p, _)| info.leader(**p) == Some(leader))
+                            .map(|(_, v)| v)
+                        {
+                            for &i in idx {
+                                offsets[i] = Some(-1);
+                            }
+                        }
+                    }
+                    Err(e) if e.is_retriable() => {
+                        log::debug!("kafka: {e}");
+                        refresh = true;
+                        last = Some(e);
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+
+            // 5. Responses.
+            for flight in in_flight {
+                let outcomes = match self.recv_produce(&flight, topic, deadline) {
+                    Ok(outcomes) => outcomes,
+                    Err(e) if e.is_retriable() => {
+                        log::debug!("kafka: {e}");
+                        refresh = true;
+                        last = Some(e);
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                };
+                for (partition, outcome) in outcomes {
+                    match outcome {
+                        Outcome::Done { base_offset } => {
+                            for (k, &i) in by_partition
+                                .get(&partition)
+                                .into_iter()
+                                .flatten()
+                                .enumerate()
+                            {
+                                offsets[i] = Some(if base_offset >= 0 {
+                                    base_offset + k as i64
+                                } else {
+                                    -1
+                                });
+                            }
+                            if let Some(n) = by_partition.get(&partition).map(Vec::len) {
+                                self.commit_sequence(topic, partition, n, &mut sequences);
+                            }
+                        }
+                        Outcome::Retry {
+                            refresh_metadata,
+                            reason,
+                        } => {
+                            count_unknown_topic(&reason, topic, &mut unknown_topic, budget)?;
+                            log::debug!("kafka: {reason}");
+                            refresh |= refresh_metadata;
+                            last = Some(reason);
+                        }
+                        Outcome::Fatal(e) => return Err(e),
+                    }
+                }
+            }
+
+            if offsets.iter().all(Option::is_some) {
+                return Ok(partition_of
+                    .iter()
+                    .zip(&offsets)
+                    .map(|(p, o)| Delivery {
+                        partition: p.unwrap_or(-1),
+                        offset: o.unwrap_or(-1),
+                    })
+                    .collect());
+            }
+        }
+    }
+
+    /// The identity stamped on `partition`'s batch in this call; idempotent producers reserve the
+    /// partition's next `n` sequence numbers the first time, and reuse them on retries.
+    fn identity(&self, topic: &str, partition: i32, sequences: &mut HashMap<i32, i32>) -> Identity {
+        let Some(idem) = &self.idempotence else {
+            return Identity::NONE;
+        };
+        let base = *sequences.entry(partition).or_insert_with(|| {
+            idem.next_sequence
+                .get(&(topic.to_owned(), partition))
+                .copied()
+                .unwrap_or(0)
+        });
+        Identity {
+            producer_id: idem.producer_id,
+            producer_epoch: idem.producer_epoch,
+            base_sequence: base,
+        }
+    }
+
+    /// Advances the partition's sequence after its batch of `n` records was acknowledged.
+    fn commit_sequence(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        n: usize,
+        sequences: &mut HashMap<i32, i32>,
+    ) {
+        if let (Some(idem), Some(base)) = (&mut self.idempotence, sequences.remove(&partition)) {
+            // Sequences wrap at i32::MAX back to 0, as in the Java client.
+            let next = (i64::from(base) + n as i64) % (i64::from(i32::MAX) + 1);
+            idem.next_sequence
+                .insert((topic.to_owned(), partition), next as i32);
+        }
+    }
+
+    /// Sleeps `retry_backoff * 2^(attempt-1)`, capped at `retry_backoff_max`, ±20 % jitter, never
+    /// past `deadline`.
+    fn backoff(&mut self, attempt: u32, deadline: Instant) {
+        let base = self.config.retry_backoff.as_secs_f64()
+            * 2f64.powi(attempt.saturating_sub(1).min(30) as i32);
+        let capped = base.min(self.config.retry_backoff_max.as_secs_f64());
+        let jitter = 0.8 + 0.4 * self.rng.next_unit();
+        let pause = Duration::from_secs_f64((capped * jitter).max(0.0));
+        let pause = pause.min(deadline.saturating_duration_since(Instant::now()));
+        if !pause.is_zero() {
+            log::debug!("kafka: retry {attempt} in {} ms", pause.as_millis());
+            std::thread::sleep(pause);
+        }
+    }
+
+    /// Time left for one request: the request timeout, cut short by the deadline.
+    fn request_budget(&self, deadline: Instant) -> Duration {
+        self.config
+            .request_timeout
+            .min(deadline.saturating_duration_since(Instant::now()))
+    }
+
+    /// The connection to `addr`, opened and negotiated if needed.
+    fn conn(&mut self, addr: &str, deadline: Instant) -> Result<&mut Conn, KafkaError> {
+        if !self.conns.contains_key(addr) {
+            let conn = self.open(addr, deadline)?;
+            self.conns.insert(addr.to_owned(), conn);
+        }
+        self.conns.get_mut(addr).ok_or_else(|| KafkaError::Io {
+            broker: addr.to_owned(),
+            phase: super::error::Phase::Connect,
+            detail: "connection vanished".to_owned(),
+        })
+    }
+
+    fn open(&mut self, addr: &str, deadline: Instant) -> Result<Conn, KafkaError> {
+        let connect_timeout = self
+            .config
+            .connect_timeout
+            .min(deadline.saturating_duration_since(Instant::now()));
+        let mut transport = self.connector.connect(addr, connect_timeout)?;
+        let mut encoder = wire::RequestEncoder::new(&self.config.client_id);
+        let mut handshake = Handshake::new();
+        // Each fallback lowers the version, so this ends within API_VERSIONS.1 + 1 rounds.
+        loop {
+            let request = encoder
+                .encode(
+                    ApiKey::ApiVersions,
+                    handshake.version(),
+                    &handshake.request(),
+                )
+                .map_err(|detail| KafkaError::Encode {
+                    topic: "-".to_owned(),
+                    detail,
+                })?;
+            let budget = self.request_budget(deadline);
+            transport.send(&request.frame, budget)?;
+            let frame = transport.recv(self.request_budget(deadline))?;
+            match handshake.on_response(addr, request.correlation_id, frame)? {
+                HandshakeStep::Done(versions) => {
+                    log::debug!(
+                        "kafka {addr}: ApiVersions v{}, Produce v{}, Metadata v{}",
+                        versions.api_versions,
+                        versions.produce,
+                        versions.metadata
+                    );
+                    return Ok(Conn {
+                        transport,
+                        encoder,
+                        versions,
+                    });
+                }
+                HandshakeStep::Retry => {}
+            }
+        }
+    }
+
+    /// One request/response exchange on `addr`; the connection is dropped on any failure.
+    fn call<Q: Encodable, S: Decodable>(
+        &mut self,
+        addr: &str,
+        api: ApiKey,
+        version_of: impl Fn(&Versions) -> Option<i16>,
+        body: &Q,
+        deadline: Instant,
+    ) -> Result<S, KafkaError> {
+        let budget = self.request_budget(deadline);
+        let result = (|| {
+            let conn = self.conn(addr, deadline)?;
+            let version =
+                version_of(&conn.versions).ok_or_else(|| KafkaError::UnsupportedVersion {
+                    broker: addr.to_owned(),
+                    api: wire::api_name(api),
+                    ours: INIT_PRODUCER_ID,
+                    theirs: None,
+                })?;
+            let request =
+                conn.encoder
+                    .encode(api, version, body)
+                    .map_err(|detail| KafkaError::Encode {
+                        topic: "-".to_owned(),
+                        detail,
+                    })?;
+            conn.transport.send(&request.frame, budget)?;
+            let frame = conn.transport.recv(budget)?;
+            wire::decode_response(api, version, request.correlation_id, frame).map_err(|detail| {
+                KafkaError::Malformed {
+                    broker: addr.to_owned(),
+                    api: wire::api_name(api),
+                    detail,
+                }
+            })
+        })();
+        if result.is_err() {
+            self.conns.remove(addr);
+        }
+        result
+    }
+
+    /// Brokers to ask for cluster-wide things: connected ones, then bootstrap, then known ones.
+    fn candidates(&self) -> Vec<String> {
+        let mut out: Vec<String> = self.conns.keys().cloned().collect();
+        out.sort();
+        for addr in self
+            .config
+            .bootstrap
+            .iter()
+            .map(String::as_str)
+            .chain(self.metadata.broker_addrs())
+        {
+            if !out.iter().any(|a| a == addr) {
+                out.push(addr.to_owned());
+            }
+        }
+        out
+    }
+
+    fn refresh_metadata(
+        &mut self,
+        topic: &str,
+        deadline: Instant,
+    ) -> Result<TopicStatus, KafkaError> {
+        let candidates = self.candidates();
+        let mut last = None;
+        for addr in &candidates {
+            if Instant::now() >= deadline {
+                break;
+            }
+            let request = Metadata::request(topic);
+            match self.call::<_, MetadataResponse>(
+                addr,
+                ApiKey::Metadata,
+                |v| Some(v.metadata),
+                &request,
+                deadline,
+            ) {
+                Ok(response) => return self.metadata.ingest(addr, topic, response, Instant::now()),
+                Err(e @ KafkaError::Broker { .. }) => return Err(e),
+                Err(e) => {
+                    log::debug!("kafka: metadata from {addr}: {e}");
+                    last = Some(e);
+                }
+            }
+        }
+        Err(KafkaError::NoBrokerReachable {
+            tried: candidates.len(),
+            last: Box::new(last.unwrap_or(KafkaError::Timeout {
+                broker: "-".to_owned(),
+                phase: super::error::Phase::Connect,
+            })),
+        })
+    }
+
+    fn init_producer_id(&mut self, deadline: Instant) -> Result<(), KafkaError> {
+        let request = InitProducerIdRequest::default()
+            .with_transactional_id(None)
+            .with_transaction_timeout_ms(60_000)
+            .with_producer_id(ProducerId(-1))
+            .with_producer_epoch(-1);
+        let mut last = None;
+        for addr in self.candidates() {
+            let response: InitProducerIdResponse = match self.call(
+                &addr,
+                ApiKey::InitProducerId,
+                |v| v.init_producer_id,
+                &request,
+                deadline,
+            ) {
+                Ok(r) => r,
+                Err(e) if e.is_retriable() => {
+                    last = Some(e);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            if response.error_code != 0 {
+                return Err(KafkaError::broker_code(
+                    &addr,
+                    "-",
+                    None,
+                    response.error_code,
+                    None,
+                ));
+            }
+            log::debug!(
+                "kafka {addr}: producer id {} epoch {}",
+                response.producer_id.0,
+                response.producer_epoch
+            );
+            self.idempotence = Some(Idempotence {
+                producer_id: response.producer_id.0,
+                producer_epoch: response.producer_epoch,
+                next_sequence: HashMap::new(),
+            });
+            return Ok(());
+        }
+        Err(last.unwrap_or(KafkaError::Timeout {
+            broker: "-".to_owned(),
+            phase: super::error::Phase::Connect,
+        }))
+    }
+
+    /// Writes one Produce request to `addr`. `None` means acks=0: no response will come.
+    fn send_produce(
+        &mut self,
+        addr: &str,
+        topic: &str,
+        batches: Vec<PartitionBatch>,
+        deadline: Instant,
+    ) -> Result<Option<InFlight>, KafkaError> {
+        let budget = self.request_budget(deadline);
+        let acks = self.config.acks;
+        let result = (|| {
+            let conn = self.conn(addr, deadline)?;
+            let version = conn.versions.produce;
+            let request = produce::request(topic, acks, budget, &batches);
+            let encoded = conn
+                .encoder
+                .encode(ApiKey::Produce, version, &request)
+                .map_err(|detail| KafkaError::Encode {
+                    topic: topic.to_owned(),
+                    detail,
+                })?;
+            log::debug!(
+                "kafka {addr}: Produce v{version} {topic} partitions {:?}, {} bytes",
+                batches.iter().map(|b| b.partition).collect::<Vec<_>>(),
+                encoded.frame.len()
+            );
+            conn.transport.send(&encoded.frame, budget)?;
+            Ok((encoded.correlation_id, version))
+        })();
+        match result {
+            Ok(_) if acks == Acks::None => Ok(None),
+            Ok((correlation_id, version)) => Ok(Some(InFlight {
+                addr: addr.to_owned(),
+                correlation_id,
+                version,
+                batches,
+            })),
+            Err(e) => {
+                self.conns.remove(addr);
+                Err(e)
+            }
+        }
+    }
+
+    fn recv_produce(
+        &mut self,
+        flight: &InFlight,
+        topic: &str,
+        deadline: Instant,
+    ) -> Result<Vec<(i32, Outcome)>, KafkaError> {
+        let budget = self.request_budget(deadline);
+        let addr = flight.addr.as_str();
+        let result = (|| {
+            let conn = self.conns.get_mut(addr).ok_or_else(|| KafkaError::Io {
+                broker: addr.to_owned(),
+                phase: super::error::Phase::Read,
+                detail: "connection dropped before the response".to_owned(),
+            })?;
+            let frame: Bytes = conn.transport.recv(budget)?;
+            let response: ProduceResponse = wire::decode_response(
+                ApiKey::Produce,
+                flight.version,
+                flight.correlation_id,
+                frame,
+            )
+            .map_err(|detail| KafkaError::Malformed {
+                broker: addr.to_owned(),
+                api: "Produce",
+                detail,
+            })?;
+            produce::interpret(addr, topic, &response, &flight.batches)
+        })();
+        if result.is_err() {
+            self.conns.remove(addr);
+        }
+        result
+    }
+}
+
+/// Counts an UNKNOWN_TOPIC_OR_PARTITION answer; past `budget` of them the topic is taken as missing.
+fn count_unknown_topic(
+    e: &KafkaError,
+    topic: &str,
+    count: &mut u32,
+    budget: u32,
+) -> Result<(), KafkaError> {
+    if e.code() != Some(UNKNOWN_TOPIC_OR_PARTITION) {
+        return Ok(());
+    }
+    *count += 1;
+    if *count <= budget {
+        return Ok(());
+    }
+    let broker = match e {
+        KafkaError::Broker { broker, .. } => broker.clone(),
+        _ => "-".to_owned(),
+    };
+    Err(KafkaError::UnknownTopic {
+        topic: topic.to_owned(),
+        broker,
+        attempts: *count,
+    })
+}
+
+/// xorshift64* for backoff jitter; not for anything that needs real randomness.
+#[derive(Debug)]
+struct XorShift(u64);
+
+impl XorShift {
+    fn seeded() -> XorShift {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        XorShift((nanos ^ (u64::from(std::process::id()) << 32)) | 1)
+    }
+
+    /// Uniform in [0, 1).
+    fn next_unit(&mut self) -> f64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        let x = self.0.wrapping_mul(0x2545_f491_4f6c_dd1d);
+        (x >> 11) as f64 / (1u64 << 53) as f64
+    }
+}

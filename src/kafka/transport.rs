@@ -1,0 +1,249 @@
+//! The only module holding a `TcpStream`: connect with a timeout, write a frame, read one
+//! size-prefixed frame within a deadline. Never parses a message or retries.
+
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use super::error::{KafkaError, Phase};
+use super::wire;
+
+/// An open connection to one broker. After any error the connection is unusable (a frame may be
+/// half written or half read) and the caller drops it.
+pub(crate) trait Transport {
+    /// Writes a whole frame (size prefix included).
+    fn send(&mut self, frame: &[u8], timeout: Duration) -> Result<(), KafkaError>;
+    /// Reads one frame and returns it without its size prefix.
+    fn recv(&mut self, timeout: Duration) -> Result<Bytes, KafkaError>;
+}
+
+/// Opens connections; the producer holds one, tests swap in an in-memory broker.
+pub(crate) trait Connector {
+    fn connect(&mut self, addr: &str, timeout: Duration) -> Result<Box<dyn Transport>, KafkaError>;
+}
+
+/// Plain TCP.
+#[derive(Debug, Default)]
+pub(crate) struct TcpConnector;
+
+impl Connector for TcpConnector {
+    fn connect(&mut self, addr: &str, timeout: Duration) -> Result<Box<dyn Transport>, KafkaError> {
+        let io_err = |detail: String| KafkaError::Io {
+            broker: addr.to_owned(),
+            phase: Phase::Connect,
+            detail,
+        };
+        if timeout.is_zero() {
+            return Err(KafkaError::Timeout {
+                broker: addr.to_owned(),
+                phase: Phase::Connect,
+            });
+        }
+        // Name resolution has no timeout in std; brokers are usually IPs or /etc/hosts names.
+        let addrs: Vec<SocketAddr> = addr
+            .to_socket_addrs()
+            .map_err(|e| io_err(format!("resolve: {e}")))?
+            .collect();
+        let mut last = io_err("name resolved to no address".to_owned());
+        for sa in addrs {
+            match TcpStream::connect_timeout(&sa, timeout) {
+                Ok(stream) => {
+                    // Requests are written whole; don't let Nagle hold the last segment back.
+                    stream
+                        .set_nodelay(true)
+                        .map_err(|e| io_err(e.to_string()))?;
+                    log::debug!("kafka {addr}: connected to {sa}");
+                    return Ok(Box::new(TcpTransport {
+                        addr: addr.to_owned(),
+                        stream,
+                    }));
+                }
+                Err(e) if is_timeout(&e) => {
+                    last = KafkaError::Timeout {
+                        broker: addr.to_owned(),
+                        phase: Phase::Connect,
+                    }
+                }
+                Err(e) => last = io_err(format!("{sa}: {e}")),
+            }
+        }
+        Err(last)
+    }
+}
+
+struct TcpTransport {
+    addr: String,
+    stream: TcpStream,
+}
+
+fn is_timeout(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
+}
+
+impl TcpTransport {
+    fn error(&self, phase: Phase, e: io::Error) -> KafkaError {
+        if is_timeout(&e) {
+            return KafkaError::Timeout {
+                broker: self.addr.clone(),
+                phase,
+            };
+        }
+        let detail = match e.kind() {
+            io::ErrorKind::UnexpectedEof => "connection closed by broker".to_owned(),
+            _ => e.to_string(),
+        };
+        KafkaError::Io {
+            broker: self.addr.clone(),
+            phase,
+            detail,
+        }
+    }
+
+    /// Fills `buf` before `deadline`, however the peer slices its writes.
+    fn read_full(&mut self, buf: &mut [u8], deadline: Instant) -> Result<(), KafkaError> {
+        let mut filled = 0;
+        while filled < buf.len() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(KafkaError::Timeout {
+                    broker: self.addr.clone(),
+                    phase: Phase::Read,
+                });
+            }
+            self.stream
+                .set_read_timeout(Some(left))
+                .map_err(|e| self.error(Phase::Read, e))?;
+            match self.stream.read(&mut buf[filled..]) {
+                Ok(0) => return Err(self.error(Phase::Read, io::ErrorKind::UnexpectedEof.into())),
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(self.error(Phase::Read, e)),
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Transport for TcpTransport {
+    fn send(&mut self, frame: &[u8], timeout: Duration) -> Result<(), KafkaError> {
+        if timeout.is_zero() {
+            return Err(KafkaError::Timeout {
+                broker: self.addr.clone(),
+                phase: Phase::Write,
+            });
+        }
+        self.stream
+            .set_write_timeout(Some(timeout))
+            .map_err(|e| self.error(Phase::Write, e))?;
+        self.stream
+            .write_all(frame)
+            .map_err(|e| self.error(Phase::Write, e))
+    }
+
+    fn recv(&mut self, timeout: Duration) -> Result<Bytes, KafkaError> {
+        let deadline = Instant::now() + timeout;
+        let mut prefix = [0u8; 4];
+        self.read_full(&mut prefix, deadline)?;
+        let len = wire::frame_len(prefix).map_err(|detail| KafkaError::Malformed {
+            broker: self.addr.clone(),
+            api: "response",
+            detail,
+        })?;
+        // Grow with the bytes that actually arrive instead of trusting the announced length.
+        let mut body = Vec::with_capacity(len.min(64 * 1024));
+        let mut chunk = [0u8; 16 * 1024];
+        while body.len() < len {
+            let n = (len - body.len()).min(chunk.len());
+            self.read_full(&mut chunk[..n], deadline)?;
+            body.extend_from_slice(&chunk[..n]);
+        }
+        Ok(Bytes::from(body))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+    use std::thread;
+
+    fn pair() -> (Box<dyn Transport>, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let client = TcpConnector.connect(&addr, Duration::from_secs(5)).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        (client, server)
+    }
+
+    #[test]
+    fn frames_cross_a_real_socket_in_pieces() {
+        let (mut client, mut server) = pair();
+        client
+            .send(b"\x00\x00\x00\x03abc", Duration::from_secs(5))
+            .unwrap();
+        let mut got = [0u8; 7];
+        server.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"\x00\x00\x00\x03abc");
+        let writer = thread::spawn(move || {
+            for piece in [&b"\x00\x00"[..], b"\x00\x05he", b"llo"] {
+                server.write_all(piece).unwrap();
+                thread::sleep(Duration::from_millis(20));
+            }
+            server
+        });
+        assert_eq!(&client.recv(Duration::from_secs(5)).unwrap()[..], b"hello");
+        drop(writer.join().unwrap());
+        let err = client.recv(Duration::from_secs(5)).unwrap_err();
+        assert!(
+            err.to_string().contains("connection closed by broker"),
+            "{err}"
+        );
+        assert!(err.is_retriable());
+    }
+
+    #[test]
+    fn hostile_length_and_silence() {
+        let (mut client, mut server) = pair();
+        server.write_all(&[0x7f, 0xff, 0xff, 0xff]).unwrap();
+        let err = client.recv(Duration::from_secs(5)).unwrap_err();
+        assert!(matches!(err, KafkaError::Malformed { .. }), "{err}");
+
+        let (mut client, _server) = pair();
+        let started = Instant::now();
+        let err = client.recv(Duration::from_millis(100)).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                KafkaError::Timeout {
+                    phase: Phase::Read,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(2));
+    }
+
+    #[test]
+    fn refused_connection_names_the_broker() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        drop(listener);
+        let err = TcpConnector
+            .connect(&addr, Duration::from_secs(2))
+            .map(|_| ())
+            .unwrap_err();
+        assert!(err.to_string().contains(&addr), "{err}");
+        assert!(err.is_retriable());
+        let err = TcpConnector
+            .connect("no-port-here", Duration::from_secs(2))
+            .map(|_| ())
+            .unwrap_err();
+        assert!(err.to_string().contains("resolve"), "{err}");
+    }
+}

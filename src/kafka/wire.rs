@@ -1,0 +1,244 @@
+//! Kafka framing: size prefix, request/response headers, correlation ids, leftover-byte checks.
+//! Bytes in, bytes out; never touches a socket and never interprets a message body.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader};
+use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+
+/// Largest response we accept. A hostile or confused peer cannot make us allocate more.
+pub(crate) const MAX_FRAME_BYTES: usize = 100 * 1024 * 1024;
+
+/// The length announced by a frame's 4-byte size prefix, checked against [`MAX_FRAME_BYTES`].
+pub(crate) fn frame_len(prefix: [u8; 4]) -> Result<usize, String> {
+    let len = i32::from_be_bytes(prefix);
+    match usize::try_from(len) {
+        Ok(len) if len <= MAX_FRAME_BYTES => Ok(len),
+        Ok(len) => Err(format!(
+            "frame of {len} bytes exceeds the {MAX_FRAME_BYTES}-byte limit"
+        )),
+        Err(_) => Err(format!("negative frame length {len}")),
+    }
+}
+
+/// Short name of an API for logs and errors.
+pub(crate) fn api_name(api: ApiKey) -> &'static str {
+    match api {
+        ApiKey::Produce => "Produce",
+        ApiKey::Metadata => "Metadata",
+        ApiKey::ApiVersions => "ApiVersions",
+        ApiKey::InitProducerId => "InitProducerId",
+        _ => "other",
+    }
+}
+
+/// Per-connection request numbering and header fields.
+#[derive(Debug)]
+pub(crate) struct RequestEncoder {
+    client_id: StrBytes,
+    next_correlation_id: i32,
+}
+
+/// One encoded request: the bytes to write (size prefix included) and what the response must match.
+#[derive(Debug)]
+pub(crate) struct EncodedRequest {
+    pub correlation_id: i32,
+    pub frame: Bytes,
+}
+
+impl RequestEncoder {
+    pub(crate) fn new(client_id: &str) -> RequestEncoder {
+        RequestEncoder {
+            client_id: StrBytes::from_string(client_id.to_owned()),
+            next_correlation_id: 1,
+        }
+    }
+
+    /// Frames `body` as request `api` v`version` with the header version that API/version needs.
+    pub(crate) fn encode<R: Encodable>(
+        &mut self,
+        api: ApiKey,
+        version: i16,
+        body: &R,
+    ) -> Result<EncodedRequest, String> {
+        let correlation_id = self.next_correlation_id;
+        // Wrapping keeps ids unique within any realistic in-flight window.
+        self.next_correlation_id = self.next_correlation_id.wrapping_add(1);
+        let header = RequestHeader::default()
+            .with_request_api_key(api as i16)
+            .with_request_api_version(version)
+            .with_correlation_id(correlation_id)
+            .with_client_id(Some(self.client_id.clone()));
+        let header_version = api.request_header_version(version);
+        let mut buf = BytesMut::new();
+        buf.put_i32(0); // size prefix, patched below
+        header
+            .encode(&mut buf, header_version)
+            .map_err(|e| format!("request header: {e:#}"))?;
+        body.encode(&mut buf, version)
+            .map_err(|e| format!("{} v{version} body: {e:#}", api_name(api)))?;
+        let len = i32::try_from(buf.len() - 4)
+            .map_err(|_| format!("request of {} bytes is too large", buf.len()))?;
+        buf[..4].copy_from_slice(&len.to_be_bytes());
+        Ok(EncodedRequest {
+            correlation_id,
+            frame: buf.freeze(),
+        })
+    }
+}
+
+/// Parses a response frame (size prefix already removed): header, correlation check, body, and
+/// no bytes left over.
+pub(crate) fn decode_response<R: Decodable>(
+    api: ApiKey,
+    version: i16,
+    correlation_id: i32,
+    mut frame: Bytes,
+) -> Result<R, String> {
+    check_header(api, version, correlation_id, &mut frame)?;
+    decode_body(api, version, frame)
+}
+
+/// Consumes the response header from `frame` and checks its correlation id.
+pub(crate) fn check_header(
+    api: ApiKey,
+    version: i16,
+    correlation_id: i32,
+    frame: &mut Bytes,
+) -> Result<(), String> {
+    let header = ResponseHeader::decode(frame, api.response_header_version(version))
+        .map_err(|e| format!("response header: {e:#}"))?;
+    if header.correlation_id != correlation_id {
+        return Err(format!(
+            "correlation id {} does not match request {correlation_id}",
+            header.correlation_id
+        ));
+    }
+    Ok(())
+}
+
+/// Decodes a body and insists that it uses every byte.
+pub(crate) fn decode_body<R: Decodable>(
+    api: ApiKey,
+    version: i16,
+    mut body: Bytes,
+) -> Result<R, String> {
+    let message = R::decode(&mut body, version)
+        .map_err(|e| format!("{} v{version}: {e:#}", api_name(api)))?;
+    if !body.is_empty() {
+        return Err(format!(
+            "{} v{version}: {} bytes left over",
+            api_name(api),
+            body.len()
+        ));
+    }
+    Ok(message)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use bytes::Buf;
+    use kafka_protocol::messages::{MetadataRequest, MetadataResponse, ProduceRequest};
+    use kafka_protocol::protocol::decode_request_header_from_buffer;
+
+    /// Encodes a response the way a broker would (test side), size prefix removed.
+    pub(crate) fn broker_frame<R: Encodable>(
+        api: ApiKey,
+        version: i16,
+        correlation_id: i32,
+        body: &R,
+    ) -> Bytes {
+        let mut buf = BytesMut::new();
+        ResponseHeader::default()
+            .with_correlation_id(correlation_id)
+            .encode(&mut buf, api.response_header_version(version))
+            .unwrap();
+        body.encode(&mut buf, version).unwrap();
+        buf.freeze()
+    }
+
+    #[test]
+    fn frame_len_guards() {
+        assert_eq!(frame_len([0, 0, 1, 0]), Ok(256));
+        assert_eq!(frame_len([0, 0, 0, 0]), Ok(0));
+        assert!(frame_len([0xff, 0xff, 0xff, 0xff])
+            .unwrap_err()
+            .contains("negative"));
+        assert!(frame_len([0x7f, 0xff, 0xff, 0xff])
+            .unwrap_err()
+            .contains("limit"));
+        assert!(frame_len(((MAX_FRAME_BYTES + 1) as i32).to_be_bytes()).is_err());
+    }
+
+    #[test]
+    fn request_frame_has_size_prefix_header_and_increasing_ids() {
+        let mut enc = RequestEncoder::new("cid");
+        for (version, header_version) in [(8, 1), (9, 2), (12, 2)] {
+            let req = enc
+                .encode(ApiKey::Metadata, version, &MetadataRequest::default())
+                .unwrap();
+            let mut frame = req.frame.clone();
+            let len = frame.get_i32() as usize;
+            assert_eq!(len, frame.len());
+            let header = decode_request_header_from_buffer(&mut frame).unwrap();
+            assert_eq!(header.request_api_key, 3);
+            assert_eq!(header.request_api_version, version);
+            assert_eq!(header.correlation_id, req.correlation_id);
+            assert_eq!(header.client_id.as_deref(), Some("cid"));
+            assert_eq!(
+                ApiKey::Metadata.request_header_version(version),
+                header_version
+            );
+            let body = MetadataRequest::decode(&mut frame, version).unwrap();
+            assert_eq!(body, MetadataRequest::default());
+            assert!(frame.is_empty());
+        }
+        let a = enc
+            .encode(ApiKey::Produce, 9, &ProduceRequest::default())
+            .unwrap();
+        let b = enc
+            .encode(ApiKey::Produce, 9, &ProduceRequest::default())
+            .unwrap();
+        assert_eq!(b.correlation_id, a.correlation_id + 1);
+    }
+
+    #[test]
+    fn response_checks_correlation_and_leftovers() {
+        let body = MetadataResponse::default();
+        for version in [1, 8, 9, 12] {
+            let frame = broker_frame(ApiKey::Metadata, version, 7, &body);
+            let parsed: MetadataResponse =
+                decode_response(ApiKey::Metadata, version, 7, frame.clone()).unwrap();
+            assert_eq!(parsed, body);
+
+            let err =
+                decode_response::<MetadataResponse>(ApiKey::Metadata, version, 8, frame.clone())
+                    .unwrap_err();
+            assert!(
+                err.contains("correlation id 7 does not match request 8"),
+                "{err}"
+            );
+
+            let mut long = BytesMut::from(&frame[..]);
+            long.put_u8(0);
+            let err =
+                decode_response::<MetadataResponse>(ApiKey::Metadata, version, 7, long.freeze())
+                    .unwrap_err();
+            assert!(err.contains("1 bytes left over"), "{err}");
+
+            let short = frame.slice(..frame.len() - 1);
+            assert!(
+                decode_response::<MetadataResponse>(ApiKey::Metadata, version, 7, short).is_err()
+            );
+        }
+    }
+
+    #[test]
+    fn truncated_frames_never_panic() {
+        let frame = broker_frame(ApiKey::Metadata, 12, 1, &MetadataResponse::default());
+        for cut in 0..frame.len() {
+            let _ =
+                decode_response::<MetadataResponse>(ApiKey::Metadata, 12, 1, frame.slice(..cut));
+        }
+    }
+}
