@@ -180,12 +180,12 @@ impl Producer {
                     Ok(TopicStatus::Known) => {}
                     Ok(TopicStatus::NotReady(e)) => {
                         count_unknown_topic(&e, topic, &mut unknown_topic, budget)?;
-                        log::debug!("kafka: {e}");
+                        log::debug!("will retry: {e}");
                         last = Some(e);
                         continue;
                     }
                     Err(e) if e.is_retriable() => {
-                        log::debug!("kafka: {e}");
+                        log::debug!("will retry: {e}");
                         last = Some(e);
                         continue;
                     }
@@ -196,7 +196,7 @@ impl Producer {
                 match self.init_producer_id(deadline) {
                     Ok(()) => {}
                     Err(e) if e.is_retriable() => {
-                        log::debug!("kafka: {e}");
+                        log::debug!("will retry: {e}");
                         last = Some(e);
                         continue;
                     }
@@ -297,7 +297,7 @@ impl Producer {
                         }
                     }
                     Err(e) if e.is_retriable() => {
-                        log::debug!("kafka: {e}");
+                        log::debug!("will retry: {e}");
                         refresh = true;
                         last = Some(e);
                     }
@@ -310,7 +310,7 @@ impl Producer {
                 let outcomes = match self.recv_produce(&flight, topic, deadline) {
                     Ok(outcomes) => outcomes,
                     Err(e) if e.is_retriable() => {
-                        log::debug!("kafka: {e}");
+                        log::debug!("will retry: {e}");
                         refresh = true;
                         last = Some(e);
                         continue;
@@ -341,7 +341,7 @@ impl Producer {
                             reason,
                         } => {
                             count_unknown_topic(&reason, topic, &mut unknown_topic, budget)?;
-                            log::debug!("kafka: {reason}");
+                            log::debug!("will retry: {reason}");
                             refresh |= refresh_metadata;
                             last = Some(reason);
                         }
