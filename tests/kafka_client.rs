@@ -378,10 +378,10 @@ broker_tests!(
         every_codec_and_acks,
         acks_none,
         auto_created_topic,
-        idempotent
+        idempotent,
+        too_large
     ]
 );
-// No too_large for tansu 0.6: it accepts a 3 MiB batch (no message.max.bytes enforcement).
 broker_tests!(
     kafka39,
     "GRK_TEST_KAFKA39",
@@ -389,7 +389,8 @@ broker_tests!(
         every_codec_and_acks,
         acks_none,
         auto_created_topic,
-        idempotent
+        idempotent,
+        too_large
     ]
 );
 // No too_large for tansu 0.6: it accepts a 3 MiB batch (no message.max.bytes enforcement).
@@ -403,8 +404,6 @@ broker_tests!(
         idempotent
     ]
 );
-// No too_large for tansu 0.6: it accepts a 3 MiB batch (no message.max.bytes enforcement).
-
 /// No broker listening: a retriable deadline error naming the address, not a hang.
 #[test]
 fn unreachable_bootstrap_gives_up_at_deadline() {
