@@ -1,1 +1,323 @@
-//! An in-memory Kafka cluster for unit tests of the producer; speaks the wire protocol through the broker-side codecs, never opens a socket.
+//! An in-memory Kafka cluster for unit tests of the producer: decodes real request frames with the
+//! broker-side codecs and answers with real response frames. Never opens a socket.
+
+use std::cell::RefCell;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::rc::Rc;
+use std::time::Duration;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use kafka_protocol::messages::api_versions_response::ApiVersion;
+use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
+use kafka_protocol::messages::{
+    ApiKey, ApiVersionsResponse, InitProducerIdResponse, MetadataRequest, ProduceRequest,
+    ProducerId, RequestHeader, ResponseHeader,
+};
+use kafka_protocol::protocol::{decode_request_header_from_buffer, Decodable, Encodable};
+use kafka_protocol::records::Record as WireRecord;
+
+use super::batch::decode_batches;
+use super::error::{KafkaError, Phase};
+use super::metadata::tests::response as metadata_response;
+use super::transport::{Connector, Transport};
+
+/// Everything the fake cluster knows and every knob a test turns.
+#[derive(Debug, Default)]
+pub(crate) struct State {
+    /// (node id, `host:port`).
+    pub brokers: Vec<(i32, String)>,
+    pub topic: String,
+    /// Leader node per partition (index = partition id); -1 for none.
+    pub leaders: Vec<i32>,
+    /// Metadata requests that still answer UNKNOWN_TOPIC_OR_PARTITION (u32::MAX: forever).
+    pub unknown_for: u32,
+    /// Highest ApiVersions version the brokers understand (KIP-511 fallback below it).
+    pub api_versions_max: i16,
+    pub produce_max: i16,
+    /// Addresses that refuse connections.
+    pub down: HashSet<String>,
+    /// Error codes the next Produce for a partition gets instead of an append.
+    pub produce_errors: VecDeque<(i32, i16)>,
+    /// Produce requests whose response is lost (connection reset) after the append.
+    pub lose_produce_responses: u32,
+    /// Answer Produce with garbage bytes.
+    pub garbage_produce: bool,
+    /// Per partition log.
+    pub logs: HashMap<i32, Vec<WireRecord>>,
+    /// (broker address, api key, version) of every request, in order.
+    pub requests: Vec<(String, i16, i16)>,
+    /// Last (producer id, base sequence, record count, base offset) per partition.
+    last_batch: HashMap<i32, (i64, i32, usize, i64)>,
+}
+
+impl State {
+    pub(crate) fn count(&self, api: ApiKey) -> usize {
+        self.requests.iter().filter(|r| r.1 == api as i16).count()
+    }
+
+    pub(crate) fn log_values(&self, partition: i32) -> Vec<String> {
+        self.logs
+            .get(&partition)
+            .into_iter()
+            .flatten()
+            .map(|r| String::from_utf8_lossy(r.value.as_deref().unwrap_or_default()).into_owned())
+            .collect()
+    }
+}
+
+/// A cluster of `n_brokers` (`b1:9092`, …) and one topic with the given partition leaders.
+#[derive(Clone)]
+pub(crate) struct Cluster(pub Rc<RefCell<State>>);
+
+impl Cluster {
+    pub(crate) fn new(n_brokers: i32, topic: &str, leaders: &[i32]) -> Cluster {
+        Cluster(Rc::new(RefCell::new(State {
+            brokers: (1..=n_brokers)
+                .map(|id| (id, format!("b{id}:9092")))
+                .collect(),
+            topic: topic.to_owned(),
+            leaders: leaders.to_vec(),
+            api_versions_max: 4,
+            produce_max: 12,
+            ..State::default()
+        })))
+    }
+
+    pub(crate) fn state(&self) -> std::cell::RefMut<'_, State> {
+        self.0.borrow_mut()
+    }
+}
+
+impl Connector for Cluster {
+    fn connect(
+        &mut self,
+        addr: &str,
+        _timeout: Duration,
+    ) -> Result<Box<dyn Transport>, KafkaError> {
+        let state = self.0.borrow();
+        let node = state.brokers.iter().find(|b| b.1 == addr).map(|b| b.0);
+        match node {
+            Some(node) if !state.down.contains(addr) => Ok(Box::new(FakeConn {
+                addr: addr.to_owned(),
+                node,
+                cluster: self.0.clone(),
+                outbox: VecDeque::new(),
+                reset: false,
+            })),
+            _ => Err(KafkaError::Io {
+                broker: addr.to_owned(),
+                phase: Phase::Connect,
+                detail: "refused".to_owned(),
+            }),
+        }
+    }
+}
+
+struct FakeConn {
+    addr: String,
+    node: i32,
+    cluster: Rc<RefCell<State>>,
+    outbox: VecDeque<Bytes>,
+    reset: bool,
+}
+
+fn respond<R: Encodable>(
+    header: &RequestHeader,
+    response_header_version: i16,
+    body: &R,
+    version: i16,
+) -> Bytes {
+    let mut buf = BytesMut::new();
+    buf.put_i32(0);
+    ResponseHeader::default()
+        .with_correlation_id(header.correlation_id)
+        .encode(&mut buf, response_header_version)
+        .unwrap();
+    body.encode(&mut buf, version).unwrap();
+    let len = (buf.len() - 4) as i32;
+    buf[..4].copy_from_slice(&len.to_be_bytes());
+    buf.freeze()
+}
+
+impl FakeConn {
+    fn handle(&mut self, mut frame: Bytes) -> Option<Bytes> {
+        let len = frame.get_i32() as usize;
+        assert_eq!(len, frame.len(), "size prefix");
+        let header = decode_request_header_from_buffer(&mut frame).unwrap();
+        let (key, version) = (header.request_api_key, header.request_api_version);
+        let api = ApiKey::try_from(key).unwrap();
+        let mut state = self.cluster.borrow_mut();
+        state.requests.push((self.addr.clone(), key, version));
+        let rhv = api.response_header_version(version);
+        match api {
+            ApiKey::ApiVersions => {
+                let ranges = |s: &State| {
+                    [
+                        (ApiKey::Produce, 3, s.produce_max),
+                        (ApiKey::Metadata, 0, 12),
+                        (ApiKey::ApiVersions, 0, s.api_versions_max),
+                        (ApiKey::InitProducerId, 0, 5),
+                    ]
+                    .iter()
+                    .map(|&(k, min, max)| {
+                        ApiVersion::default()
+                            .with_api_key(k as i16)
+                            .with_min_version(min)
+                            .with_max_version(max)
+                    })
+                    .collect::<Vec<_>>()
+                };
+                if version > state.api_versions_max {
+                    let body = ApiVersionsResponse::default()
+                        .with_error_code(35)
+                        .with_api_keys(ranges(&state));
+                    return Some(respond(&header, 0, &body, 0));
+                }
+                let body = ApiVersionsResponse::default().with_api_keys(ranges(&state));
+                Some(respond(&header, rhv, &body, version))
+            }
+            ApiKey::Metadata => {
+                let request = MetadataRequest::decode(&mut frame, version).unwrap();
+                assert!(frame.is_empty());
+                let asked = request.topics.unwrap()[0]
+                    .name
+                    .clone()
+                    .unwrap()
+                    .0
+                    .to_string();
+                let brokers: Vec<(i32, String, i32)> = state
+                    .brokers
+                    .iter()
+                    .map(|(id, addr)| {
+                        let (host, port) = addr.rsplit_once(':').unwrap();
+                        (*id, host.to_owned(), port.parse().unwrap())
+                    })
+                    .collect();
+                let brokers: Vec<(i32, &str, i32)> = brokers
+                    .iter()
+                    .map(|(i, h, p)| (*i, h.as_str(), *p))
+                    .collect();
+                let body = if asked != state.topic || state.unknown_for > 0 {
+                    state.unknown_for = state.unknown_for.saturating_sub(1);
+                    metadata_response(&brokers, &asked, 3, &[])
+                } else {
+                    let parts: Vec<(i32, i32)> = state
+                        .leaders
+                        .iter()
+                        .enumerate()
+                        .map(|(p, l)| (p as i32, *l))
+                        .collect();
+                    metadata_response(&brokers, &asked, 0, &parts)
+                };
+                Some(respond(&header, rhv, &body, version))
+            }
+            ApiKey::InitProducerId => {
+                let body = InitProducerIdResponse::default()
+                    .with_producer_id(ProducerId(1000))
+                    .with_producer_epoch(0);
+                Some(respond(&header, rhv, &body, version))
+            }
+            ApiKey::Produce => {
+                let request = ProduceRequest::decode(&mut frame, version).unwrap();
+                assert!(frame.is_empty());
+                let topic = &request.topic_data[0];
+                let mut partitions = Vec::new();
+                for pd in &topic.partition_data {
+                    let p = pd.index;
+                    let (code, base_offset) = if let Some(pos) =
+                        state.produce_errors.iter().position(|e| e.0 == p)
+                    {
+                        (state.produce_errors.remove(pos).map_or(0, |e| e.1), -1)
+                    } else if state.leaders.get(p as usize) != Some(&self.node) {
+                        (6, -1)
+                    } else {
+                        let records = decode_batches(pd.records.clone().unwrap());
+                        let first = &records[0];
+                        let (pid, seq) = (first.producer_id, first.sequence);
+                        let log_len = state.logs.get(&p).map_or(0, Vec::len) as i64;
+                        match state.last_batch.get(&p).copied() {
+                            Some((last_pid, last_seq, _, offset))
+                                if pid >= 0 && pid == last_pid && seq == last_seq =>
+                            {
+                                (0, offset) // duplicate of the last batch: the original offset
+                            }
+                            Some((last_pid, last_seq, n, _))
+                                if pid >= 0 && pid == last_pid && seq != last_seq + n as i32 =>
+                            {
+                                (45, -1)
+                            }
+                            _ => {
+                                state
+                                    .last_batch
+                                    .insert(p, (pid, seq, records.len(), log_len));
+                                state.logs.entry(p).or_default().extend(records);
+                                (0, log_len)
+                            }
+                        }
+                    };
+                    partitions.push(
+                        PartitionProduceResponse::default()
+                            .with_index(p)
+                            .with_error_code(code)
+                            .with_base_offset(base_offset),
+                    );
+                }
+                if request.acks == 0 {
+                    return None;
+                }
+                if state.lose_produce_responses > 0 {
+                    state.lose_produce_responses -= 1;
+                    self.reset = true;
+                    return None;
+                }
+                if state.garbage_produce {
+                    let mut buf = BytesMut::new();
+                    buf.put_i32(9);
+                    buf.put_i32(header.correlation_id);
+                    buf.put_slice(&[0xff, 0xff, 0xff, 0x7f, 1]);
+                    return Some(buf.freeze());
+                }
+                let body =
+                    kafka_protocol::messages::ProduceResponse::default().with_responses(vec![
+                        TopicProduceResponse::default()
+                            .with_name(topic.name.clone())
+                            .with_partition_responses(partitions),
+                    ]);
+                Some(respond(&header, rhv, &body, version))
+            }
+            other => panic!("fake broker got unexpected {other:?}"),
+        }
+    }
+}
+
+impl Transport for FakeConn {
+    fn send(&mut self, frame: &[u8], _timeout: Duration) -> Result<(), KafkaError> {
+        if self.reset {
+            return Err(KafkaError::Io {
+                broker: self.addr.clone(),
+                phase: Phase::Write,
+                detail: "reset".to_owned(),
+            });
+        }
+        if let Some(response) = self.handle(Bytes::copy_from_slice(frame)) {
+            self.outbox.push_back(response);
+        }
+        Ok(())
+    }
+
+    fn recv(&mut self, _timeout: Duration) -> Result<Bytes, KafkaError> {
+        if self.reset {
+            return Err(KafkaError::Io {
+                broker: self.addr.clone(),
+                phase: Phase::Read,
+                detail: "connection reset by peer".to_owned(),
+            });
+        }
+        let mut frame = self.outbox.pop_front().ok_or_else(|| KafkaError::Timeout {
+            broker: self.addr.clone(),
+            phase: Phase::Read,
+        })?;
+        frame.advance(4);
+        Ok(frame)
+    }
+}
