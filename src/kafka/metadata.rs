@@ -5,10 +5,11 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
-use kafka_protocol::messages::{MetadataRequest, MetadataResponse, TopicName};
+use kafka_protocol::messages::{MetadataRequest, TopicName};
 use kafka_protocol::protocol::StrBytes;
 
 use super::error::KafkaError;
+use super::response::MetadataView;
 
 /// UNKNOWN_TOPIC_OR_PARTITION.
 pub(crate) const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
@@ -97,7 +98,7 @@ impl Metadata {
         &mut self,
         broker: &str,
         topic: &str,
-        response: MetadataResponse,
+        response: MetadataView,
         now: Instant,
     ) -> Result<TopicStatus, KafkaError> {
         if response.error_code != 0 {
@@ -114,9 +115,9 @@ impl Metadata {
             let port = u16::try_from(b.port).map_err(|_| KafkaError::Malformed {
                 broker: broker.to_owned(),
                 api: "Metadata",
-                detail: format!("node {} has port {}", b.node_id.0, b.port),
+                detail: format!("node {} has port {}", b.node_id, b.port),
             })?;
-            brokers.insert(b.node_id.0, format_addr(&b.host, port));
+            brokers.insert(b.node_id, format_addr(&b.host, port));
         }
         if !brokers.is_empty() {
             self.brokers = brokers;
@@ -124,7 +125,7 @@ impl Metadata {
         let Some(t) = response
             .topics
             .iter()
-            .find(|t| t.name.as_ref().is_some_and(|n| n.0.as_str() == topic))
+            .find(|t| t.name.as_deref() == Some(topic))
         else {
             return Err(KafkaError::Malformed {
                 broker: broker.to_owned(),
@@ -160,10 +161,10 @@ impl Metadata {
             .partitions
             .iter()
             .map(|p| PartitionInfo {
-                id: p.partition_index,
+                id: p.index,
                 // REPLICA_NOT_AVAILABLE and friends still come with a usable leader; only the
                 // leader id matters, and only if the broker list can resolve it.
-                leader: Some(p.leader_id.0).filter(|id| *id >= 0 && self.brokers.contains_key(id)),
+                leader: Some(p.leader_id).filter(|id| *id >= 0 && self.brokers.contains_key(id)),
             })
             .collect();
         partitions.sort_by_key(|p| p.id);
@@ -199,7 +200,8 @@ pub(crate) mod tests {
     use kafka_protocol::messages::metadata_response::{
         MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
     };
-    use kafka_protocol::messages::BrokerId;
+    use kafka_protocol::messages::{BrokerId, MetadataResponse};
+    use kafka_protocol::protocol::Encodable;
 
     /// A metadata response: brokers (id, host, port) and one topic's (partition, leader) pairs.
     pub(crate) fn response(
@@ -236,6 +238,13 @@ pub(crate) mod tests {
                 )])
     }
 
+    /// The bounded decoder's view of a crate-encoded response.
+    pub(crate) fn view(response: MetadataResponse) -> MetadataView {
+        let mut buf = bytes::BytesMut::new();
+        response.encode(&mut buf, 12).unwrap();
+        crate::kafka::response::metadata(&buf.freeze(), 12).unwrap()
+    }
+
     #[test]
     fn ingest_maps_leaders_to_addresses() {
         let mut md = Metadata::default();
@@ -247,7 +256,7 @@ pub(crate) mod tests {
             &[(1, 2), (0, 1), (2, -1), (3, 7)],
         );
         assert!(matches!(
-            md.ingest("b:1", "t", resp, now).unwrap(),
+            md.ingest("b:1", "t", view(resp), now).unwrap(),
             TopicStatus::Known
         ));
         let t = md.topic("t", now, Duration::from_secs(1)).unwrap();
@@ -272,18 +281,23 @@ pub(crate) mod tests {
         let mut md = Metadata::default();
         let now = Instant::now();
         let status = md
-            .ingest("b:1", "t", response(&[(1, "a", 1)], "t", 3, &[]), now)
+            .ingest("b:1", "t", view(response(&[(1, "a", 1)], "t", 3, &[])), now)
             .unwrap();
         assert!(matches!(
             status,
             TopicStatus::NotReady(KafkaError::Broker { code: 3, .. })
         ));
         let status = md
-            .ingest("b:1", "t", response(&[(1, "a", 1)], "t", 0, &[]), now)
+            .ingest("b:1", "t", view(response(&[(1, "a", 1)], "t", 0, &[])), now)
             .unwrap();
         assert!(matches!(status, TopicStatus::NotReady(_)));
         let err = md
-            .ingest("b:1", "t", response(&[(1, "a", 1)], "t", 29, &[]), now)
+            .ingest(
+                "b:1",
+                "t",
+                view(response(&[(1, "a", 1)], "t", 29, &[])),
+                now,
+            )
             .unwrap_err();
         assert!(
             err.to_string().contains("TOPIC_AUTHORIZATION_FAILED"),
@@ -294,7 +308,7 @@ pub(crate) mod tests {
             .ingest(
                 "b:1",
                 "t",
-                response(&[(1, "a", 1)], "other", 0, &[(0, 1)]),
+                view(response(&[(1, "a", 1)], "other", 0, &[(0, 1)])),
                 now,
             )
             .unwrap_err();
@@ -303,7 +317,7 @@ pub(crate) mod tests {
             .ingest(
                 "b:1",
                 "t",
-                response(&[(1, "a", 70000)], "t", 0, &[(0, 1)]),
+                view(response(&[(1, "a", 70000)], "t", 0, &[(0, 1)])),
                 now,
             )
             .unwrap_err();

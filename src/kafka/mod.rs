@@ -4,6 +4,7 @@
 //!
 //! Module map, bottom-up:
 //! - `wire`: size-prefixed frames, headers, correlation ids, leftover-byte checks.
+//! - `response`: bounded decoders of the four responses we read (no count is trusted).
 //! - `versions`: ApiVersions handshake (KIP-511 fallback) and highest-common-version choice.
 //! - `metadata`: topic → partitions → leader, node id → `host:port`, with age.
 //! - `partitioner`: Java-compatible murmur2 for keys, sticky round-robin without.
@@ -21,6 +22,7 @@ mod metadata;
 mod partitioner;
 mod produce;
 mod producer;
+mod response;
 mod transport;
 mod versions;
 mod wire;

@@ -4,12 +4,13 @@
 use std::time::Duration;
 
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
-use kafka_protocol::messages::{ProduceRequest, ProduceResponse, TopicName};
+use kafka_protocol::messages::{ProduceRequest, TopicName};
 use kafka_protocol::protocol::StrBytes;
 
 use super::batch::EncodedBatch;
 use super::config::Acks;
 use super::error::KafkaError;
+use super::response::ProduceView;
 
 /// One partition's batch in a request.
 #[derive(Debug, Clone)]
@@ -59,7 +60,7 @@ pub(crate) fn request(
 pub(crate) fn interpret(
     broker: &str,
     topic: &str,
-    response: &ProduceResponse,
+    response: &ProduceView,
     batches: &[PartitionBatch],
 ) -> Result<Vec<(i32, Outcome)>, KafkaError> {
     if response.throttle_time_ms > 0 {
@@ -74,22 +75,21 @@ pub(crate) fn interpret(
         detail,
     };
     let topic_response = response
-        .responses
+        .topics
         .iter()
-        .find(|t| t.name.0.as_str() == topic)
+        .find(|t| t.name == topic)
         .ok_or_else(|| malformed(format!("no entry for topic {topic}")))?;
     batches
         .iter()
         .map(|sent| {
             let p = topic_response
-                .partition_responses
+                .partitions
                 .iter()
                 .find(|p| p.index == sent.partition)
                 .ok_or_else(|| malformed(format!("no entry for partition {}", sent.partition)))?;
-            let mut message: Option<String> = p.error_message.as_ref().map(|m| m.to_string());
-            for e in &p.record_errors {
-                let m = e.batch_index_error_message.as_deref().unwrap_or("");
-                let line = format!("record {}: {m}", e.batch_index);
+            let mut message: Option<String> = p.error_message.clone();
+            for (batch_index, m) in &p.record_errors {
+                let line = format!("record {batch_index}: {}", m.as_deref().unwrap_or(""));
                 message = Some(match message {
                     Some(prev) if !prev.is_empty() => format!("{prev}; {line}"),
                     _ => line,
@@ -176,13 +176,14 @@ pub(crate) mod tests {
     use super::*;
     use crate::kafka::batch::{decode_batches, encode_batch, BatchRecord, Identity};
     use crate::kafka::config::Compression;
+    use crate::kafka::response;
     use crate::kafka::wire::tests::broker_frame;
-    use crate::kafka::wire::{decode_response, RequestEncoder};
+    use crate::kafka::wire::{parse_response, RequestEncoder};
     use bytes::{Buf, Bytes};
     use kafka_protocol::messages::produce_response::{
         BatchIndexAndErrorMessage, PartitionProduceResponse, TopicProduceResponse,
     };
-    use kafka_protocol::messages::ApiKey;
+    use kafka_protocol::messages::{ApiKey, ProduceResponse};
     use kafka_protocol::protocol::{decode_request_header_from_buffer, Decodable};
 
     fn batch(partition: i32, n: usize) -> PartitionBatch {
@@ -215,6 +216,11 @@ pub(crate) mod tests {
                     })
                     .collect(),
             )])
+    }
+
+    fn view(r: ProduceResponse) -> ProduceView {
+        let frame = broker_frame(ApiKey::Produce, 12, 1, &r);
+        parse_response(ApiKey::Produce, 12, 1, frame, response::produce).unwrap()
     }
 
     #[test]
@@ -253,8 +259,8 @@ pub(crate) mod tests {
                 .with_batch_index_error_message(Some("bad".into()))];
         for version in [3, 5, 8, 9, 10, 12] {
             let frame = broker_frame(ApiKey::Produce, version, 9, &body);
-            let parsed: ProduceResponse =
-                decode_response(ApiKey::Produce, version, 9, frame).unwrap();
+            let parsed =
+                parse_response(ApiKey::Produce, version, 9, frame, response::produce).unwrap();
             let outcomes = interpret("b:1", "t", &parsed, &batches).unwrap();
             assert!(
                 matches!(outcomes[0], (0, Outcome::Done { base_offset: 42 })),
@@ -288,7 +294,7 @@ pub(crate) mod tests {
         let err = interpret(
             "b:1",
             "t",
-            &response("t", &[(0, 0, 1)]),
+            &view(response("t", &[(0, 0, 1)])),
             &[batch(0, 1), batch(2, 1)],
         )
         .unwrap_err();
@@ -296,7 +302,13 @@ pub(crate) mod tests {
             err.to_string().contains("no entry for partition 2"),
             "{err}"
         );
-        let err = interpret("b:1", "t", &response("u", &[(0, 0, 1)]), &[batch(0, 1)]).unwrap_err();
+        let err = interpret(
+            "b:1",
+            "t",
+            &view(response("u", &[(0, 0, 1)])),
+            &[batch(0, 1)],
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("no entry for topic t"), "{err}");
     }
 

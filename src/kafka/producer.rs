@@ -6,17 +6,15 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use kafka_protocol::messages::{
-    ApiKey, InitProducerIdRequest, InitProducerIdResponse, MetadataResponse, ProduceResponse,
-    ProducerId,
-};
-use kafka_protocol::protocol::{Decodable, Encodable};
+use kafka_protocol::messages::{ApiKey, InitProducerIdRequest, ProducerId};
+use kafka_protocol::protocol::Encodable;
 
 use super::batch::{encode_batch, BatchRecord, Identity};
 use super::config::{Acks, ProducerConfig};
 use super::error::KafkaError;
 use super::metadata::{Metadata, TopicStatus, UNKNOWN_TOPIC_OR_PARTITION};
 use super::produce::{self, Outcome, PartitionBatch};
+use super::response;
 use super::transport::{Connector, TcpConnector, Transport};
 use super::versions::{Handshake, HandshakeStep, Versions, INIT_PRODUCER_ID};
 use super::{partitioner, wire};
@@ -476,12 +474,13 @@ impl Producer {
     }
 
     /// One request/response exchange on `addr`; the connection is dropped on any failure.
-    fn call<Q: Encodable, S: Decodable>(
+    fn call<Q: Encodable, S>(
         &mut self,
         addr: &str,
         api: ApiKey,
         version_of: impl Fn(&Versions) -> Option<i16>,
         body: &Q,
+        parse: fn(&Bytes, i16) -> Result<S, String>,
         deadline: Instant,
     ) -> Result<S, KafkaError> {
         let budget = self.request_budget(deadline);
@@ -503,13 +502,13 @@ impl Producer {
                     })?;
             conn.transport.send(&request.frame, budget)?;
             let frame = conn.transport.recv(budget)?;
-            wire::decode_response(api, version, request.correlation_id, frame).map_err(|detail| {
-                KafkaError::Malformed {
+            wire::parse_response(api, version, request.correlation_id, frame, parse).map_err(
+                |detail| KafkaError::Malformed {
                     broker: addr.to_owned(),
                     api: wire::api_name(api),
                     detail,
-                }
-            })
+                },
+            )
         })();
         if result.is_err() {
             self.conns.remove(addr);
@@ -547,11 +546,12 @@ impl Producer {
                 break;
             }
             let request = Metadata::request(topic);
-            match self.call::<_, MetadataResponse>(
+            match self.call(
                 addr,
                 ApiKey::Metadata,
                 |v| Some(v.metadata),
                 &request,
+                response::metadata,
                 deadline,
             ) {
                 Ok(response) => return self.metadata.ingest(addr, topic, response, Instant::now()),
@@ -579,11 +579,12 @@ impl Producer {
             .with_producer_epoch(-1);
         let mut last = None;
         for addr in self.candidates() {
-            let response: InitProducerIdResponse = match self.call(
+            let response = match self.call(
                 &addr,
                 ApiKey::InitProducerId,
                 |v| v.init_producer_id,
                 &request,
+                response::init_producer_id,
                 deadline,
             ) {
                 Ok(r) => r,
@@ -604,11 +605,11 @@ impl Producer {
             }
             log::debug!(
                 "kafka {addr}: producer id {} epoch {}",
-                response.producer_id.0,
+                response.producer_id,
                 response.producer_epoch
             );
             self.idempotence = Some(Idempotence {
-                producer_id: response.producer_id.0,
+                producer_id: response.producer_id,
                 producer_epoch: response.producer_epoch,
                 next_sequence: HashMap::new(),
             });
@@ -679,11 +680,12 @@ impl Producer {
                 detail: "connection dropped before the response".to_owned(),
             })?;
             let frame: Bytes = conn.transport.recv(budget)?;
-            let response: ProduceResponse = wire::decode_response(
+            let response = wire::parse_response(
                 ApiKey::Produce,
                 flight.version,
                 flight.correlation_id,
                 frame,
+                response::produce,
             )
             .map_err(|detail| KafkaError::Malformed {
                 broker: addr.to_owned(),

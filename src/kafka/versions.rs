@@ -2,11 +2,11 @@
 //! KIP-511 fallback, and the highest common version per API. No I/O.
 
 use bytes::Bytes;
-use kafka_protocol::messages::{ApiKey, ApiVersionsRequest, ApiVersionsResponse};
+use kafka_protocol::messages::{ApiKey, ApiVersionsRequest};
 use kafka_protocol::protocol::StrBytes;
 
 use super::error::KafkaError;
-use super::wire;
+use super::{response, wire};
 
 /// Versions this client implements, per API, inclusive.
 ///
@@ -137,12 +137,11 @@ impl Handshake {
             None => return Err(malformed("body shorter than its error code".to_owned())),
         };
         if code == UNSUPPORTED_VERSION && self.version > 0 {
-            let v0 = wire::decode_body::<ApiVersionsResponse>(ApiKey::ApiVersions, 0, frame).ok();
-            let theirs = v0.and_then(|r| {
-                r.api_keys
+            let theirs = response::api_versions(&frame, 0).ok().and_then(|r| {
+                r.ranges
                     .iter()
                     .find(|k| k.api_key == ApiKey::ApiVersions as i16)
-                    .map(|k| k.max_version)
+                    .map(|k| k.max)
             });
             let next = theirs.unwrap_or(0).clamp(0, self.version - 1);
             log::debug!(
@@ -152,8 +151,8 @@ impl Handshake {
             self.version = next;
             return Ok(HandshakeStep::Retry);
         }
-        let response: ApiVersionsResponse =
-            wire::decode_body(ApiKey::ApiVersions, self.version, frame).map_err(malformed)?;
+        let response = response::api_versions(&frame, self.version)
+            .map_err(|e| malformed(format!("v{}: {e}", self.version)))?;
         if response.error_code != 0 {
             return Err(KafkaError::broker_code(
                 broker,
@@ -163,15 +162,7 @@ impl Handshake {
                 None,
             ));
         }
-        let ranges: Vec<BrokerRange> = response
-            .api_keys
-            .iter()
-            .map(|k| BrokerRange {
-                api_key: k.api_key,
-                min: k.min_version,
-                max: k.max_version,
-            })
-            .collect();
+        let ranges = response.ranges;
         let versions = negotiate(broker, &ranges, self.version)?;
         log::debug!("kafka {broker}: negotiated {versions:?}");
         Ok(HandshakeStep::Done(versions))
@@ -183,6 +174,7 @@ mod tests {
     use super::*;
     use crate::kafka::wire::tests::broker_frame;
     use kafka_protocol::messages::api_versions_response::ApiVersion;
+    use kafka_protocol::messages::ApiVersionsResponse;
 
     fn range(api: ApiKey, min: i16, max: i16) -> BrokerRange {
         BrokerRange {
