@@ -1,9 +1,8 @@
 //! An in-memory Kafka cluster for unit tests of the producer: decodes real request frames with the
 //! broker-side codecs and answers with real response frames. Never opens a socket.
 
-use std::cell::RefCell;
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::rc::Rc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -67,11 +66,11 @@ impl State {
 
 /// A cluster of `n_brokers` (`b1:9092`, …) and one topic with the given partition leaders.
 #[derive(Clone)]
-pub(crate) struct Cluster(pub Rc<RefCell<State>>);
+pub(crate) struct Cluster(Arc<Mutex<State>>);
 
 impl Cluster {
     pub(crate) fn new(n_brokers: i32, topic: &str, leaders: &[i32]) -> Cluster {
-        Cluster(Rc::new(RefCell::new(State {
+        Cluster(Arc::new(Mutex::new(State {
             brokers: (1..=n_brokers)
                 .map(|id| (id, format!("b{id}:9092")))
                 .collect(),
@@ -83,8 +82,8 @@ impl Cluster {
         })))
     }
 
-    pub(crate) fn state(&self) -> std::cell::RefMut<'_, State> {
-        self.0.borrow_mut()
+    pub(crate) fn state(&self) -> MutexGuard<'_, State> {
+        self.0.lock().unwrap()
     }
 }
 
@@ -94,7 +93,7 @@ impl Connector for Cluster {
         addr: &str,
         _timeout: Duration,
     ) -> Result<Box<dyn Transport>, KafkaError> {
-        let state = self.0.borrow();
+        let state = self.0.lock().unwrap();
         let node = state.brokers.iter().find(|b| b.1 == addr).map(|b| b.0);
         match node {
             Some(node) if !state.down.contains(addr) => Ok(Box::new(FakeConn {
@@ -116,7 +115,7 @@ impl Connector for Cluster {
 struct FakeConn {
     addr: String,
     node: i32,
-    cluster: Rc<RefCell<State>>,
+    cluster: Arc<Mutex<State>>,
     outbox: VecDeque<Bytes>,
     reset: bool,
 }
@@ -146,7 +145,7 @@ impl FakeConn {
         let header = decode_request_header_from_buffer(&mut frame).unwrap();
         let (key, version) = (header.request_api_key, header.request_api_version);
         let api = ApiKey::try_from(key).unwrap();
-        let mut state = self.cluster.borrow_mut();
+        let mut state = self.cluster.lock().unwrap();
         state.requests.push((self.addr.clone(), key, version));
         let rhv = api.response_header_version(version);
         match api {

@@ -1128,6 +1128,12 @@ mod tests {
     }
 
     #[test]
+    fn producer_is_send() {
+        fn assert_send<T: Send>() {}
+        assert_send::<Producer>();
+    }
+
+    #[test]
     fn empty_input_and_missing_bootstrap() {
         let cluster = Cluster::new(1, TOPIC, &[1]);
         let mut p = producer(&cluster, |_| {});

@@ -12,7 +12,7 @@ use super::wire;
 
 /// An open connection to one broker. After any error the connection is unusable (a frame may be
 /// half written or half read) and the caller drops it.
-pub(crate) trait Transport {
+pub(crate) trait Transport: Send {
     /// Writes a whole frame (size prefix included).
     fn send(&mut self, frame: &[u8], timeout: Duration) -> Result<(), KafkaError>;
     /// Reads one frame and returns it without its size prefix.
@@ -20,7 +20,7 @@ pub(crate) trait Transport {
 }
 
 /// Opens connections; the producer holds one, tests swap in an in-memory broker.
-pub(crate) trait Connector {
+pub(crate) trait Connector: Send {
     fn connect(&mut self, addr: &str, timeout: Duration) -> Result<Box<dyn Transport>, KafkaError>;
 }
 
