@@ -11,6 +11,7 @@ use crate::config::Config;
 use crate::decode::{decode_feed, DecodeError};
 use crate::fetch::{FetchError, Fetcher};
 use crate::json::{write_feed, Envelope, FieldNames};
+use crate::notify::Notifier;
 use crate::signals::Signals;
 use crate::sink::{Landed, Sink, SinkError};
 
@@ -212,14 +213,19 @@ pub fn run(
     pipeline: &mut Pipeline,
     sink: &mut dyn Sink,
     signals: &mut Signals,
+    notifier: &Notifier,
 ) -> RunOutcome {
     let mut stats = Stats::default();
     let mut last_ok = false;
     let mut scheduled = Instant::now();
+    notifier.ready();
     loop {
+        notifier.watchdog();
         match next_step(Instant::now(), scheduled, signals.stop_requested()) {
             Step::Stop => break,
             Step::Sleep(d) => {
+                // Wake in time for the systemd watchdog even on long intervals.
+                let d = notifier.watchdog_interval().map_or(d, |w| d.min(w));
                 signals.sleep(d);
             }
             Step::Poll => {
@@ -227,7 +233,7 @@ pub fn run(
                 let result = pipeline.poll(sink, budget);
                 stats.count(&result);
                 last_ok = result.is_ok();
-                log_poll(&result);
+                notifier.status(&log_poll(&result));
                 if config.once {
                     break;
                 }
@@ -235,6 +241,7 @@ pub fn run(
             }
         }
     }
+    notifier.stopping();
     RunOutcome { stats, last_ok }
 }
 
@@ -247,15 +254,22 @@ fn delivery_budget(config: &Config, stop_requested: bool) -> Duration {
     }
 }
 
-fn log_poll(result: &Result<PollReport, PollError>) {
+/// Logs the poll's one line and returns it (for systemd's STATUS=).
+fn log_poll(result: &Result<PollReport, PollError>) -> String {
     match result {
         Ok(report) => {
             let now = SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs());
-            log::info!("{}", describe(report, now));
+            let line = describe(report, now);
+            log::info!("{line}");
+            line
         }
-        Err(e) => log::error!("poll failed: {e}"),
+        Err(e) => {
+            let line = format!("poll failed: {e}");
+            log::error!("{line}");
+            line
+        }
     }
 }
 

@@ -3,9 +3,9 @@
 //! Owns timeouts, the body cap, gzip (declared or not) and URL redaction for logs.
 //! It never decodes protobuf; it hands raw feed bytes to `decode`.
 
+use crate::config::FetchSettings;
 use std::fmt;
 use std::io::Read;
-use crate::config::FetchSettings;
 
 /// A fetched body and what the server said about it.
 #[derive(Debug)]
@@ -18,15 +18,43 @@ pub struct Fetched {
 /// Why a fetch failed; `Display` is one log line naming the redacted URL.
 #[derive(Debug)]
 pub enum FetchError {
-    Status { url: String, status: u16 },
-    Timeout { url: String, phase: String },
-    TooLarge { url: String, limit: u64, announced: Option<u64> },
-    Connect { url: String, cause: String },
-    Tls { url: String, cause: String },
-    Redirects { url: String, cause: String },
-    Body { url: String, cause: String },
-    File { url: String, cause: String },
-    Gzip { url: String, cause: String },
+    Status {
+        url: String,
+        status: u16,
+    },
+    Timeout {
+        url: String,
+        phase: String,
+    },
+    TooLarge {
+        url: String,
+        limit: u64,
+        announced: Option<u64>,
+    },
+    Connect {
+        url: String,
+        cause: String,
+    },
+    Tls {
+        url: String,
+        cause: String,
+    },
+    Redirects {
+        url: String,
+        cause: String,
+    },
+    Body {
+        url: String,
+        cause: String,
+    },
+    File {
+        url: String,
+        cause: String,
+    },
+    Gzip {
+        url: String,
+        cause: String,
+    },
 }
 
 impl fmt::Display for FetchError {
@@ -255,6 +283,11 @@ fn map_ureq_error(url: &str, e: ureq::Error) -> FetchError {
             url,
             cause: "redirect could not be followed".to_string(),
         },
+        // Our own URL was validated at start, so a bad URI here is a redirect's Location.
+        ureq::Error::BadUri(cause) => FetchError::Redirects {
+            url,
+            cause: format!("redirect to an unusable URL: {}", redact_text(&cause)),
+        },
         ureq::Error::HostNotFound => FetchError::Connect {
             url,
             cause: "host not found".to_string(),
@@ -369,7 +402,10 @@ mod tests {
             "https://api.odpt.org/api/v4/gtfs/realtime/x?acl:consumerKey=SECRET",
             "https://api.odpt.org/api/v4/gtfs/realtime/x?acl:consumerKey=***",
         );
-        check("http://u:pw@h:8080/p?a=1&b&c=2#frag", "http://h:8080/p?a=***&b&c=***");
+        check(
+            "http://u:pw@h:8080/p?a=1&b&c=2#frag",
+            "http://h:8080/p?a=***&b&c=***",
+        );
         check("file:///tmp/feed.pb", "file:///tmp/feed.pb");
         check("https://host", "https://host");
         check("nonsense", "<invalid url>");

@@ -10,5 +10,6 @@ pub mod decode;
 pub mod fetch;
 pub mod json;
 pub mod kafka;
+pub mod notify;
 pub mod signals;
 pub mod sink;

@@ -12,6 +12,7 @@ use gtfs_rt_kafka::app::{self, Pipeline};
 use gtfs_rt_kafka::config::{self, Command, Config, ConvertConfig, SinkKind};
 use gtfs_rt_kafka::decode::decode_feed;
 use gtfs_rt_kafka::json::{write_feed, Envelope};
+use gtfs_rt_kafka::notify::Notifier;
 use gtfs_rt_kafka::signals::Signals;
 use gtfs_rt_kafka::sink::{KafkaSink, Sink, StdoutSink};
 
@@ -58,7 +59,15 @@ fn run(config: &Config) -> ExitCode {
         config.poll_interval.as_secs_f64(),
         sink_target(config)
     );
-    let outcome = app::run(config, &mut pipeline, sink.as_mut(), &mut signals);
+    let env = |name: &str| std::env::var(name).ok();
+    let notifier = Notifier::from_env(&env);
+    let outcome = app::run(
+        config,
+        &mut pipeline,
+        sink.as_mut(),
+        &mut signals,
+        &notifier,
+    );
     log::info!("stopped: {}", outcome.stats);
     if config.once && !outcome.last_ok {
         return ExitCode::from(EXIT_FAILED);
@@ -84,9 +93,15 @@ fn sink_target(config: &Config) -> String {
 }
 
 /// Logs go to stderr so `--sink stdout` and `convert` keep stdout for documents only.
+/// The HTTP stack logs full request URLs (with API keys in the query) at debug, so its
+/// crates are capped at info whatever the level: no secret reaches a log line.
 fn init_logging(level: log::LevelFilter) {
+    let quiet = level.min(log::LevelFilter::Info);
     let logger = simple_logger::SimpleLogger::new()
         .with_level(level)
+        .with_module_level("ureq", quiet)
+        .with_module_level("ureq_proto", quiet)
+        .with_module_level("rustls", quiet)
         .with_utc_timestamps();
     if logger.init().is_err() {
         eprintln!("gtfs-rt-kafka: logger already initialised");

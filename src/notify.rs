@@ -112,7 +112,12 @@ mod tests {
         }
         assert_eq!(
             got,
-            ["READY=1", "WATCHDOG=1", "STATUS=poll oksecond line", "STOPPING=1"]
+            [
+                "READY=1",
+                "WATCHDOG=1",
+                "STATUS=poll oksecond line",
+                "STOPPING=1"
+            ]
         );
         std::fs::remove_dir_all(&dir).ok();
     }

@@ -25,7 +25,11 @@ fn convert_prints_the_reference_document_with_envelope() {
             .args(["--source-id", "src", "--event-type", "evt"])
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let text = String::from_utf8(out.stdout).unwrap();
         assert_eq!(text.lines().count(), 1, "one document, one line");
         assert_document(text.trim_end().as_bytes(), fixture, "src", "evt");
@@ -68,7 +72,10 @@ fn invalid_settings_exit_2_naming_the_setting() {
         assert!(err.contains(expected), "{err}");
     };
     check(("POLL_INTERVAL", "fast"), "POLL_INTERVAL / --poll-interval");
-    check(("KAFKA_BROKER", "host:notaport"), "KAFKA_BROKER / --kafka-broker");
+    check(
+        ("KAFKA_BROKER", "host:notaport"),
+        "KAFKA_BROKER / --kafka-broker",
+    );
     check(("VEHICLE_URL", "gopher://x"), "VEHICLE_URL / --vehicle-url");
     check(("KAFKA_TOPIC", "no spaces"), "KAFKA_TOPIC / --kafka-topic");
 }
@@ -138,7 +145,12 @@ fn sigterm_while_sleeping_exits_0_at_once() {
         .unwrap();
     // Wait for the first poll's document, so the process is sleeping before the next.
     let mut first = [0u8; 1];
-    child.stdout.as_mut().unwrap().read_exact(&mut first).unwrap();
+    child
+        .stdout
+        .as_mut()
+        .unwrap()
+        .read_exact(&mut first)
+        .unwrap();
     std::thread::sleep(Duration::from_millis(200));
     let sent = Instant::now();
     signal(child.id(), "TERM");
@@ -147,7 +159,12 @@ fn sigterm_while_sleeping_exits_0_at_once() {
     assert_eq!(status.code(), Some(0));
     assert!(took < Duration::from_millis(900), "took {took:?}");
     let mut err = String::new();
-    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
     assert!(err.contains("stopped: 1 polls, 1 delivered"), "{err}");
 }
 
@@ -249,7 +266,12 @@ fn loop_delivers_every_poll_and_stops_cleanly_kafka_4() {
     let status = wait_timeout(&mut child, Duration::from_secs(15)).expect("did not exit");
     assert_eq!(status.code(), Some(0));
     let mut err = String::new();
-    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
     let delivered = err.lines().filter(|l| l.contains("poll ok:")).count();
     assert!(delivered >= 5, "{err}");
     assert!(err.contains(&format!("{delivered} delivered")), "{err}");

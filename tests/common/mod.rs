@@ -43,9 +43,14 @@ pub fn assert_document(doc: &[u8], fixture: &str, source_id: &str, event_type: &
     assert!(ts.is_f64(), "producer_timestamp must be a float: {ts}");
     assert_eq!(object.remove("source_id"), Some(Value::from(source_id)));
     assert_eq!(object.remove("event_type"), Some(Value::from(event_type)));
-    assert!(value == golden(fixture), "{fixture}: document differs from golden");
+    assert!(
+        value == golden(fixture),
+        "{fixture}: document differs from golden"
+    );
     let mut full: Value = serde_json::from_slice(doc).unwrap();
-    full.as_object_mut().unwrap().insert("producer_timestamp".into(), ts);
+    full.as_object_mut()
+        .unwrap()
+        .insert("producer_timestamp".into(), ts);
     full
 }
 
@@ -56,13 +61,40 @@ pub fn now_secs() -> f64 {
         .as_secs_f64()
 }
 
-/// What the test HTTP server answers to every request.
+/// What the test HTTP server answers to a request.
 #[derive(Clone)]
 pub enum Response {
     Ok(Vec<u8>),
     Status(u16),
+    /// 429/503 with a Retry-After header.
+    RetryAfter(u16, u32),
     /// Accept the connection, read the request, never answer.
     Hang,
+    /// Announce `announced` bytes, send `body`, close.
+    Truncated {
+        announced: usize,
+        body: Vec<u8>,
+    },
+    /// Send the body a few bytes at a time with a pause between.
+    Trickle {
+        body: Vec<u8>,
+        chunk: usize,
+        pause: Duration,
+    },
+    /// `Content-Encoding: gzip` (when `declared`) or a bare gzip file.
+    Gzip {
+        body: Vec<u8>,
+        declared: bool,
+    },
+    /// A body of `len` zero bytes, announced or chunked, generated on the fly.
+    Huge {
+        len: u64,
+        announce: bool,
+    },
+    /// 302 to `location` (a path on this server, or an absolute URL).
+    Redirect(String),
+    /// Read the request, then close the socket without a word (reset).
+    Reset,
 }
 
 impl Response {
@@ -74,7 +106,7 @@ impl Response {
     }
 }
 
-/// A one-thread HTTP/1.1 server on 127.0.0.1 answering every request the same way.
+/// A small HTTP/1.1 server on 127.0.0.1. Request n gets `script[n]`; the last entry repeats.
 pub struct FeedServer {
     port: u16,
     requests: Arc<AtomicUsize>,
@@ -82,16 +114,21 @@ pub struct FeedServer {
 
 impl FeedServer {
     pub fn start(response: Response) -> FeedServer {
+        FeedServer::script(vec![response])
+    }
+
+    pub fn script(script: Vec<Response>) -> FeedServer {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let requests = Arc::new(AtomicUsize::new(0));
         let counter = requests.clone();
+        let script = Arc::new(script);
         std::thread::spawn(move || {
             for stream in listener.incoming() {
                 let Ok(stream) = stream else { continue };
-                let response = response.clone();
+                let script = script.clone();
                 let counter = counter.clone();
-                std::thread::spawn(move || serve(stream, &response, &counter));
+                std::thread::spawn(move || serve(stream, &script, &counter));
             }
         });
         FeedServer { port, requests }
@@ -108,13 +145,25 @@ impl FeedServer {
     pub fn wait_for_requests(&self, n: usize, timeout: Duration) {
         let start = Instant::now();
         while self.requests() < n {
-            assert!(start.elapsed() < timeout, "only {} requests", self.requests());
+            assert!(
+                start.elapsed() < timeout,
+                "only {} requests",
+                self.requests()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
 }
 
-fn serve(stream: TcpStream, response: &Response, counter: &AtomicUsize) {
+fn serve(mut stream: TcpStream, script: &[Response], counter: &AtomicUsize) {
+    let next = counter.load(Ordering::SeqCst);
+    if let Response::Reset = script[next.min(script.len() - 1)] {
+        // Closing with unread request bytes in the kernel buffer makes the OS send a RST.
+        let mut first = [0u8; 1];
+        let _ = stream.read(&mut first);
+        counter.fetch_add(1, Ordering::SeqCst);
+        return;
+    }
     let mut reader = BufReader::new(stream);
     loop {
         // Read one request head.
@@ -128,27 +177,94 @@ fn serve(stream: TcpStream, response: &Response, counter: &AtomicUsize) {
                 break;
             }
         }
-        counter.fetch_add(1, Ordering::SeqCst);
-        let stream = reader.get_mut();
-        let written = match response {
-            Response::Ok(body) => write!(
+        let n = counter.fetch_add(1, Ordering::SeqCst);
+        let response = &script[n.min(script.len() - 1)];
+        if respond(reader.get_mut(), response).is_err() {
+            return;
+        }
+        if !matches!(
+            response,
+            Response::Ok(_) | Response::Status(_) | Response::Redirect(_)
+        ) {
+            return;
+        }
+    }
+}
+
+fn respond(stream: &mut TcpStream, response: &Response) -> std::io::Result<()> {
+    match response {
+        Response::Ok(body) => {
+            write!(
                 stream,
                 "HTTP/1.1 200 OK\r\nContent-Type: application/x-protobuf\r\nContent-Length: {}\r\n\r\n",
                 body.len()
-            )
-            .and_then(|_| stream.write_all(body)),
-            Response::Status(code) => write!(
-                stream,
-                "HTTP/1.1 {code} Oops\r\nContent-Length: 5\r\n\r\noops!"
-            ),
-            Response::Hang => {
-                std::thread::sleep(Duration::from_secs(120));
-                return;
-            }
-        };
-        if written.is_err() {
-            return;
+            )?;
+            stream.write_all(body)
         }
+        Response::Status(code) => write!(
+            stream,
+            "HTTP/1.1 {code} Oops\r\nContent-Length: 5\r\n\r\noops!"
+        ),
+        Response::RetryAfter(code, secs) => write!(
+            stream,
+            "HTTP/1.1 {code} Slow Down\r\nRetry-After: {secs}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        ),
+        Response::Hang => {
+            std::thread::sleep(Duration::from_secs(120));
+            Ok(())
+        }
+        Response::Truncated { announced, body } => {
+            write!(
+                stream,
+                "HTTP/1.1 200 OK\r\nContent-Length: {announced}\r\nConnection: close\r\n\r\n"
+            )?;
+            stream.write_all(body)
+        }
+        Response::Trickle { body, chunk, pause } => {
+            write!(
+                stream,
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            )?;
+            for part in body.chunks(*chunk) {
+                stream.write_all(part)?;
+                stream.flush()?;
+                std::thread::sleep(*pause);
+            }
+            Ok(())
+        }
+        Response::Gzip { body, declared } => {
+            let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            enc.write_all(body)?;
+            let gz = enc.finish()?;
+            let encoding = if *declared { "Content-Encoding: gzip\r\n" } else { "" };
+            write!(
+                stream,
+                "HTTP/1.1 200 OK\r\n{encoding}Content-Length: {}\r\nConnection: close\r\n\r\n",
+                gz.len()
+            )?;
+            stream.write_all(&gz)
+        }
+        Response::Huge { len, announce } => {
+            if *announce {
+                write!(stream, "HTTP/1.1 200 OK\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n")?;
+            } else {
+                write!(stream, "HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n")?;
+            }
+            let block = vec![0u8; 64 * 1024];
+            let mut left = *len;
+            while left > 0 {
+                let n = left.min(block.len() as u64) as usize;
+                stream.write_all(&block[..n])?;
+                left -= n as u64;
+            }
+            Ok(())
+        }
+        Response::Redirect(location) => write!(
+            stream,
+            "HTTP/1.1 302 Found\r\nLocation: {location}\r\nContent-Length: 0\r\n\r\n"
+        ),
+        Response::Reset => Ok(()),
     }
 }
 
