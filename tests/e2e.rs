@@ -293,3 +293,56 @@ fn loop_delivers_every_poll_and_stops_cleanly_kafka_4() {
     stamps.dedup();
     assert_eq!(stamps.len(), delivered, "each poll is its own record");
 }
+
+/// systemd's notify protocol through a real Unix datagram socket: READY once the loop starts,
+/// STATUS with the poll's line, WATCHDOG pings more often than the poll interval, STOPPING.
+#[test]
+fn systemd_notify_protocol() {
+    use std::os::unix::net::UnixDatagram;
+    let server = FeedServer::start(Response::fixture(VP_FIXTURE));
+    let dir = std::env::temp_dir().join(format!("grk-e2e-notify-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("notify.sock");
+    let _ = std::fs::remove_file(&path);
+    let socket = UnixDatagram::bind(&path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut child = Command::new(BIN)
+        .env("VEHICLE_URL", server.url("/feed"))
+        .env("NOTIFY_SOCKET", &path)
+        .env("WATCHDOG_USEC", "1000000")
+        .args(["--sink", "stdout", "--poll-interval", "60"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut messages = Vec::new();
+    let mut buf = [0u8; 4096];
+    let started = Instant::now();
+    // With a 60 s interval and a 1 s watchdog, pings must keep coming while it sleeps.
+    while messages.iter().filter(|m: &&String| *m == "WATCHDOG=1").count() < 4 {
+        let n = socket.recv(&mut buf).expect("notify message");
+        messages.push(String::from_utf8_lossy(&buf[..n]).to_string());
+    }
+    assert!(started.elapsed() < Duration::from_secs(5), "{messages:?}");
+    signal(child.id(), "TERM");
+    let status = wait_timeout(&mut child, Duration::from_secs(5)).expect("did not exit");
+    assert_eq!(status.code(), Some(0));
+    loop {
+        let n = socket.recv(&mut buf).expect("STOPPING=1");
+        let m = String::from_utf8_lossy(&buf[..n]).to_string();
+        messages.push(m.clone());
+        if m == "STOPPING=1" {
+            break;
+        }
+    }
+    assert_eq!(messages[0], "READY=1", "{messages:?}");
+    assert!(
+        messages
+            .iter()
+            .any(|m| m.starts_with("STATUS=poll ok:") && m.contains("48 entities")),
+        "{messages:?}"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
