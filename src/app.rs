@@ -1,8 +1,10 @@
-//! The loop: decide what is due next (poll, sleep, stop), run one poll through
-//! fetch → decode → json → sink, log one line per poll, count failures.
+//! The loop: decide what is due next (poll, send, sleep, stop), run polls through
+//! fetch → decode → json into the queue, and send the queue to the sink between polls.
 //!
-//! Single-threaded and blocking by design; every blocking call is bounded by a timeout
-//! or a deadline, so a stop request is honoured within the shutdown budget.
+//! Single-threaded and blocking by design. Polling never waits for Kafka: a send attempt is
+//! bounded by the next poll's slot, and unsent snapshots wait in the byte-bounded queue (and
+//! the spool, when configured). Every blocking call has a timeout or a deadline, so a stop
+//! request is honoured within the shutdown budget.
 
 use std::fmt;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -12,35 +14,44 @@ use crate::decode::{decode_feed, DecodeError};
 use crate::fetch::{FetchError, Fetcher};
 use crate::json::{write_feed, Envelope, FieldNames};
 use crate::notify::Notifier;
+use crate::queue::{Queue, Snapshot};
 use crate::signals::Signals;
 use crate::sink::{Landed, Sink, SinkError};
+use crate::spool::Spool;
 
-/// Turns fetched bytes into the document to send; owns the reusable output buffer.
+/// The most document bytes sent in one produce request when catching up. Kept under the
+/// brokers' default 1 MB `message.max.bytes`, which applies to a whole batch.
+const MAX_SEND_BYTES: usize = 512 * 1024;
+/// A send window shorter than this before the next poll is not worth starting.
+const MIN_SEND_WINDOW: Duration = Duration::from_millis(100);
+const RETRY_BASE: Duration = Duration::from_millis(250);
+const RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// Turns fetched bytes into the document to send.
 pub struct Pipeline {
     fetcher: Fetcher,
     names: FieldNames,
     source_id: String,
     event_type: String,
-    document: Vec<u8>,
+    /// Size of the last document, to allocate the next one in one go.
+    last_document_len: usize,
 }
 
-/// What one successful poll did, for its log line.
+/// What one successful fetch + convert produced.
 #[derive(Debug)]
-pub struct PollReport {
+pub struct Polled {
+    pub document: Vec<u8>,
+    pub document_bytes: usize,
+    pub timestamp_ms: i64,
     pub wire_bytes: u64,
-    pub feed_bytes: usize,
     pub entities: usize,
     pub feed_timestamp: Option<u64>,
-    pub document_bytes: usize,
-    pub landed: Landed,
-    pub elapsed: Duration,
 }
 
 #[derive(Debug)]
 pub enum PollError {
     Fetch(FetchError),
     Decode { url: String, error: DecodeError },
-    Deliver(SinkError),
 }
 
 impl fmt::Display for PollError {
@@ -48,44 +59,11 @@ impl fmt::Display for PollError {
         match self {
             PollError::Fetch(e) => e.fmt(f),
             PollError::Decode { url, error } => write!(f, "decode {url}: {error}"),
-            PollError::Deliver(e) => e.fmt(f),
         }
     }
 }
 
 impl std::error::Error for PollError {}
-
-/// Counters for the whole run; logged at shutdown (and exported as metrics later).
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Stats {
-    pub polls: u64,
-    pub delivered: u64,
-    pub fetch_errors: u64,
-    pub decode_errors: u64,
-    pub delivery_errors: u64,
-}
-
-impl Stats {
-    fn count(&mut self, result: &Result<PollReport, PollError>) {
-        self.polls += 1;
-        match result {
-            Ok(_) => self.delivered += 1,
-            Err(PollError::Fetch(_)) => self.fetch_errors += 1,
-            Err(PollError::Decode { .. }) => self.decode_errors += 1,
-            Err(PollError::Deliver(_)) => self.delivery_errors += 1,
-        }
-    }
-}
-
-impl fmt::Display for Stats {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{} polls, {} delivered, {} fetch errors, {} decode errors, {} delivery errors",
-            self.polls, self.delivered, self.fetch_errors, self.decode_errors, self.delivery_errors
-        )
-    }
-}
 
 impl Pipeline {
     pub fn new(config: &Config) -> Pipeline {
@@ -94,17 +72,13 @@ impl Pipeline {
             names: config.names,
             source_id: config.source_id.clone(),
             event_type: config.event_type.clone(),
-            document: Vec::new(),
+            last_document_len: 0,
         }
     }
 
-    /// One poll end to end. `delivery_budget` bounds the sink's retries.
-    pub fn poll(
-        &mut self,
-        sink: &mut dyn Sink,
-        delivery_budget: Duration,
-    ) -> Result<PollReport, PollError> {
-        let started = Instant::now();
+    /// Fetches, decodes and converts one snapshot. `producer_timestamp` is taken here, right
+    /// before the document is written: the moment it is handed on for sending.
+    pub fn poll(&mut self) -> Result<Polled, PollError> {
         let fetched = self.fetcher.fetch().map_err(PollError::Fetch)?;
         let feed = decode_feed(&fetched.body).map_err(|error| PollError::Decode {
             url: self.fetcher.redacted_url().to_string(),
@@ -118,56 +92,80 @@ impl Pipeline {
             source_id: &self.source_id,
             event_type: &self.event_type,
         };
-        self.document.clear();
-        write_feed(&mut self.document, &feed, self.names, Some(&envelope));
+        let mut document = Vec::with_capacity(self.last_document_len + 4096);
+        write_feed(&mut document, &feed, self.names, Some(&envelope));
+        self.last_document_len = document.len();
         log::debug!(
             "decoded {} entities; document is {} bytes",
             feed.entity.len(),
-            self.document.len()
+            document.len()
         );
-        let landed = sink
-            .deliver(
-                &self.document,
-                sent_at.as_millis() as i64,
-                Instant::now() + delivery_budget,
-            )
-            .map_err(PollError::Deliver)?;
-        let report = PollReport {
+        Ok(Polled {
+            document_bytes: document.len(),
+            document,
+            timestamp_ms: i64::try_from(sent_at.as_millis()).unwrap_or(i64::MAX),
             wire_bytes: fetched.wire_bytes,
-            feed_bytes: fetched.body.len(),
             entities: feed.entity.len(),
             feed_timestamp: feed.header.as_ref().and_then(|h| h.timestamp),
-            document_bytes: self.document.len(),
-            landed,
-            elapsed: started.elapsed(),
-        };
-        self.shrink_buffer();
-        Ok(report)
-    }
-
-    /// A one-off huge feed shouldn't pin its buffer for the rest of the process's life.
-    fn shrink_buffer(&mut self) {
-        const KEEP: usize = 16 << 20;
-        if self.document.capacity() > KEEP {
-            self.document = Vec::new();
-        }
+        })
     }
 }
 
-/// One line for a successful poll: bytes, entities, feed timestamp, where it landed, time.
-pub fn describe(report: &PollReport, now_unix: u64) -> String {
-    let feed_ts = match report.feed_timestamp {
+/// Counters for the whole run; the last log line prints them.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Stats {
+    pub polls: u64,
+    /// Snapshots acknowledged by the sink (including ones from the spool).
+    pub delivered: u64,
+    pub fetch_errors: u64,
+    pub decode_errors: u64,
+    /// Send attempts that failed (each is retried; not a loss).
+    pub delivery_errors: u64,
+    /// Snapshots dropped because the queue was full.
+    pub dropped: u64,
+    /// Snapshots the broker refused for what they are (too large, invalid).
+    pub rejected: u64,
+    /// Snapshots still unsent at exit: kept in the spool, or lost without one.
+    pub unsent: u64,
+    pub spool_errors: u64,
+}
+
+impl fmt::Display for Stats {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} polls, {} delivered, {} fetch errors, {} decode errors, {} delivery errors, \
+             {} dropped (queue full), {} rejected by broker, {} unsent at exit",
+            self.polls,
+            self.delivered,
+            self.fetch_errors,
+            self.decode_errors,
+            self.delivery_errors,
+            self.dropped,
+            self.rejected,
+            self.unsent
+        )
+    }
+}
+
+/// One line for a poll delivered at once: bytes, entities, feed timestamp, where, time.
+pub fn describe(polled: &Polled, landed: &Landed, elapsed: Duration, now_unix: u64) -> String {
+    format!(
+        "poll ok: {} -> {landed} in {} ms",
+        describe_poll(polled, now_unix),
+        elapsed.as_millis()
+    )
+}
+
+fn describe_poll(polled: &Polled, now_unix: u64) -> String {
+    let feed_ts = match polled.feed_timestamp {
         Some(ts) if ts <= now_unix => format!("feed ts {ts} ({}s old)", now_unix - ts),
         Some(ts) => format!("feed ts {ts} ({}s in the future)", ts - now_unix),
         None => "no feed ts".to_string(),
     };
     format!(
-        "poll ok: {} bytes fetched, {} entities, {feed_ts}, {} bytes JSON -> {} in {} ms",
-        report.wire_bytes,
-        report.entities,
-        report.document_bytes,
-        report.landed,
-        report.elapsed.as_millis()
+        "{} bytes fetched, {} entities, {feed_ts}, {} bytes JSON",
+        polled.wire_bytes, polled.entities, polled.document_bytes
     )
 }
 
@@ -175,17 +173,28 @@ pub fn describe(report: &PollReport, now_unix: u64) -> String {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Step {
     Poll,
+    Send,
     Sleep(Duration),
     Stop,
 }
 
-pub fn next_step(now: Instant, next_poll: Instant, stop_requested: bool) -> Step {
+/// `send_at`: when the queue may be sent next (None when it is empty).
+pub fn next_step(
+    now: Instant,
+    next_poll: Instant,
+    send_at: Option<Instant>,
+    stop_requested: bool,
+) -> Step {
     if stop_requested {
-        Step::Stop
-    } else if now >= next_poll {
-        Step::Poll
-    } else {
-        Step::Sleep(next_poll - now)
+        return Step::Stop;
+    }
+    if now >= next_poll {
+        return Step::Poll;
+    }
+    match send_at {
+        Some(at) if now >= at && next_poll - now >= MIN_SEND_WINDOW => Step::Send,
+        Some(at) if at < next_poll && now < at => Step::Sleep(at - now),
+        _ => Step::Sleep(next_poll - now),
     }
 }
 
@@ -202,75 +211,313 @@ pub fn next_poll_after(scheduled: Instant, interval: Duration, now: Instant) -> 
     next + interval.saturating_mul(skip)
 }
 
-/// Result of `run`: counters and whether the last poll succeeded (for `--once`).
+/// Exponential backoff between failed send attempts, with ±25 % jitter from `noise`.
+pub fn retry_delay(failures: u32, noise: u64) -> Duration {
+    let exp = RETRY_BASE.saturating_mul(1u32 << failures.saturating_sub(1).min(16));
+    let capped = exp.min(RETRY_MAX);
+    let jitter = (noise % 501) as f64 / 1000.0 + 0.75;
+    capped.mul_f64(jitter)
+}
+
+/// Result of `run`: counters and whether the last poll was delivered (for `--once`).
 pub struct RunOutcome {
     pub stats: Stats,
     pub last_ok: bool,
 }
 
-pub fn run(
-    config: &Config,
-    pipeline: &mut Pipeline,
-    sink: &mut dyn Sink,
-    signals: &mut Signals,
-    notifier: &Notifier,
-) -> RunOutcome {
-    let mut stats = Stats::default();
-    let mut last_ok = false;
-    let mut scheduled = Instant::now();
-    notifier.ready();
-    loop {
-        notifier.watchdog();
-        match next_step(Instant::now(), scheduled, signals.stop_requested()) {
-            Step::Stop => break,
-            Step::Sleep(d) => {
-                // Wake in time for the systemd watchdog even on long intervals.
-                let d = notifier.watchdog_interval().map_or(d, |w| d.min(w));
-                signals.sleep(d);
+/// The loop's state: queue, optional spool, counters, retry schedule.
+pub struct Runner<'a> {
+    config: &'a Config,
+    pipeline: Pipeline,
+    sink: &'a mut dyn Sink,
+    queue: Queue,
+    spool: Option<Spool>,
+    stats: Stats,
+    next_seq: u64,
+    failures: u32,
+    retry_at: Option<Instant>,
+}
+
+impl<'a> Runner<'a> {
+    /// Opens the spool (if configured) and queues what a previous run left in it.
+    pub fn new(
+        config: &'a Config,
+        pipeline: Pipeline,
+        sink: &'a mut dyn Sink,
+    ) -> Result<Runner<'a>, crate::spool::SpoolError> {
+        let mut runner = Runner {
+            config,
+            pipeline,
+            sink,
+            queue: Queue::new(config.queue_max_bytes),
+            spool: None,
+            stats: Stats::default(),
+            next_seq: 1,
+            failures: 0,
+            retry_at: None,
+        };
+        if let Some(dir) = &config.spool_dir {
+            let (spool, recovered) = Spool::open(dir)?;
+            runner.next_seq = recovered.next_seq;
+            if !recovered.snapshots.is_empty() || recovered.corrupt > 0 {
+                log::info!(
+                    "spool {}: {} snapshots from a previous run are sent first ({} corrupt skipped)",
+                    dir.display(),
+                    recovered.snapshots.len(),
+                    recovered.corrupt
+                );
             }
-            Step::Poll => {
-                let budget = delivery_budget(config, signals.stop_requested());
-                let result = pipeline.poll(sink, budget);
-                stats.count(&result);
-                last_ok = result.is_ok();
-                notifier.status(&log_poll(&result));
-                if config.once {
-                    break;
+            runner.spool = Some(spool);
+            for snapshot in recovered.snapshots {
+                runner.enqueue(snapshot);
+            }
+        }
+        Ok(runner)
+    }
+
+    pub fn run(mut self, signals: &mut Signals, notifier: &Notifier) -> RunOutcome {
+        let mut next_poll = Instant::now();
+        let mut last_ok = false;
+        notifier.ready();
+        loop {
+            notifier.watchdog();
+            let now = Instant::now();
+            let send_at = (!self.queue.is_empty()).then(|| self.retry_at.unwrap_or(now));
+            match next_step(now, next_poll, send_at, signals.stop_requested()) {
+                Step::Stop => break,
+                Step::Sleep(d) => {
+                    // Wake in time for the systemd watchdog even on long intervals.
+                    signals.sleep(notifier.watchdog_interval().map_or(d, |w| d.min(w)));
                 }
-                scheduled = next_poll_after(scheduled, config.poll_interval, Instant::now());
+                Step::Send => {
+                    let deadline = (now + self.config.delivery_timeout).min(next_poll);
+                    self.send_backlog(deadline);
+                }
+                Step::Poll => {
+                    let slot_after = next_poll_after(next_poll, self.config.poll_interval, now);
+                    let deadline = if self.config.once {
+                        now + self.config.delivery_timeout
+                    } else {
+                        (now + self.config.delivery_timeout).min(slot_after)
+                    };
+                    let line = self.poll_and_send(now, deadline);
+                    last_ok = line.is_ok();
+                    notifier.status(line.as_ref().unwrap_or_else(|e| e));
+                    if self.config.once {
+                        break;
+                    }
+                    next_poll =
+                        next_poll_after(next_poll, self.config.poll_interval, Instant::now());
+                }
+            }
+        }
+        notifier.stopping();
+        // `--once` already spent its delivery budget on the poll.
+        let budget = if self.config.once {
+            Duration::ZERO
+        } else {
+            self.config.shutdown_timeout
+        };
+        self.drain(Instant::now() + budget);
+        last_ok = last_ok && self.stats.unsent == 0;
+        RunOutcome {
+            stats: self.stats,
+            last_ok,
+        }
+    }
+
+    /// One poll; when nothing older is waiting, its snapshot is sent right away. Returns the
+    /// poll's log line: Ok when the snapshot was delivered, Err otherwise.
+    fn poll_and_send(&mut self, started: Instant, deadline: Instant) -> Result<String, String> {
+        self.stats.polls += 1;
+        let mut polled = match self.pipeline.poll() {
+            Ok(p) => p,
+            Err(e) => {
+                match e {
+                    PollError::Fetch(_) => self.stats.fetch_errors += 1,
+                    PollError::Decode { .. } => self.stats.decode_errors += 1,
+                }
+                let line = format!("poll failed: {e}");
+                log::error!("{line}");
+                return Err(line);
+            }
+        };
+        let backlog = self.queue.len();
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let snapshot = Snapshot {
+            seq,
+            document: std::mem::take(&mut polled.document),
+            timestamp_ms: polled.timestamp_ms,
+            spooled: false,
+        };
+        self.enqueue(snapshot);
+        let now_unix = unix_now();
+        if backlog > 0 {
+            let line = format!(
+                "poll ok: {}; queued behind {backlog} unsent snapshots",
+                describe_poll(&polled, now_unix)
+            );
+            log::warn!("{line}");
+            self.send_backlog(deadline);
+            return if self.queue.is_empty() {
+                Ok(line)
+            } else {
+                Err(line)
+            };
+        }
+        match self.send_head(deadline) {
+            Ok(landed) => {
+                let last = landed.last().cloned().unwrap_or(Landed::Stdout);
+                let line = describe(&polled, &last, started.elapsed(), now_unix);
+                log::info!("{line}");
+                Ok(line)
+            }
+            Err(e) => {
+                let line = format!(
+                    "poll ok: {}; not delivered yet ({} queued): {e}",
+                    describe_poll(&polled, now_unix),
+                    self.queue.len()
+                );
+                log::warn!("{line}");
+                Err(line)
             }
         }
     }
-    notifier.stopping();
-    RunOutcome { stats, last_ok }
-}
 
-/// A stop requested mid-poll caps delivery at the shutdown budget.
-fn delivery_budget(config: &Config, stop_requested: bool) -> Duration {
-    if stop_requested {
-        config.delivery_timeout.min(config.shutdown_timeout)
-    } else {
-        config.delivery_timeout
+    /// Sends queued snapshots oldest-first until the queue is empty, an attempt fails, or
+    /// the deadline comes.
+    fn send_backlog(&mut self, deadline: Instant) {
+        while !self.queue.is_empty() && Instant::now() < deadline {
+            match self.send_head(deadline) {
+                Ok(landed) => {
+                    if let (Some(first), Some(last)) = (landed.first(), landed.last()) {
+                        log::info!(
+                            "delivered {} queued snapshots ({first} .. {last}); {} still queued",
+                            landed.len(),
+                            self.queue.len()
+                        );
+                    }
+                }
+                Err(e) => {
+                    log::warn!("deliver failed ({} queued): {e}", self.queue.len());
+                    return;
+                }
+            }
+        }
+    }
+
+    /// One send attempt of the queue's head. Success pops (and unspools) what landed;
+    /// failure schedules the next attempt, or drops a snapshot the broker can never accept.
+    fn send_head(&mut self, deadline: Instant) -> Result<Vec<Landed>, SinkError> {
+        let head = self.queue.head(MAX_SEND_BYTES);
+        let count = head.len();
+        match self.sink.deliver(head, deadline) {
+            Ok(landed) => {
+                self.stats.delivered += count as u64;
+                self.failures = 0;
+                self.retry_at = None;
+                for s in self.queue.pop(count) {
+                    self.unspool(&s);
+                }
+                Ok(landed)
+            }
+            Err(e) if e.rejects_data() && count == 1 => {
+                self.stats.rejected += 1;
+                for s in self.queue.pop(1) {
+                    log::error!(
+                        "snapshot {} ({} bytes) dropped: {e}; remedies: KAFKA_COMPRESSION, \
+                         the topic's max.message.bytes, or a smaller feed",
+                        s.seq,
+                        s.document.len()
+                    );
+                    self.unspool(&s);
+                }
+                Err(e)
+            }
+            Err(e) => {
+                self.stats.delivery_errors += 1;
+                self.failures += 1;
+                // A batch refused for size is retried one snapshot at a time at once.
+                let delay = if e.rejects_data() {
+                    Duration::ZERO
+                } else {
+                    retry_delay(self.failures, jitter_noise())
+                };
+                self.retry_at = Some(Instant::now() + delay);
+                Err(e)
+            }
+        }
+    }
+
+    /// On stop: try to deliver what is queued before `deadline`; account for the rest.
+    fn drain(&mut self, deadline: Instant) {
+        while !self.queue.is_empty() && Instant::now() < deadline {
+            if self.send_head(deadline).is_err() {
+                let wait = self.retry_at.map_or(Duration::ZERO, |t| {
+                    t.saturating_duration_since(Instant::now())
+                });
+                std::thread::sleep(wait.min(deadline.saturating_duration_since(Instant::now())));
+            }
+        }
+        let left = self.queue.len() as u64;
+        self.stats.unsent = left;
+        if left == 0 {
+            return;
+        }
+        if self.spool.is_some() {
+            log::warn!("{left} unsent snapshots stay in the spool for the next start");
+        } else {
+            log::error!("{left} unsent snapshots lost at exit (set SPOOL_DIR to keep them)");
+        }
+    }
+
+    /// Spools (if configured) and queues a snapshot; drops the oldest beyond the bound.
+    fn enqueue(&mut self, mut snapshot: Snapshot) {
+        if let (Some(spool), false) = (&self.spool, snapshot.spooled) {
+            match spool.write(&snapshot) {
+                Ok(()) => snapshot.spooled = true,
+                Err(e) => {
+                    self.stats.spool_errors += 1;
+                    log::error!("{e}; snapshot {} kept in memory only", snapshot.seq);
+                }
+            }
+        }
+        let dropped = self.queue.push(snapshot);
+        if !dropped.is_empty() {
+            self.stats.dropped += dropped.len() as u64;
+            log::warn!(
+                "queue full (QUEUE_MAX_BYTES {}): dropped the {} oldest unsent snapshots \
+                 ({} dropped so far)",
+                self.config.queue_max_bytes,
+                dropped.len(),
+                self.stats.dropped
+            );
+            for s in &dropped {
+                self.unspool(s);
+            }
+        }
+    }
+
+    fn unspool(&self, snapshot: &Snapshot) {
+        if let (Some(spool), true) = (&self.spool, snapshot.spooled) {
+            spool.remove(snapshot.seq);
+        }
     }
 }
 
-/// Logs the poll's one line and returns it (for systemd's STATUS=).
-fn log_poll(result: &Result<PollReport, PollError>) -> String {
-    match result {
-        Ok(report) => {
-            let now = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs());
-            let line = describe(report, now);
-            log::info!("{line}");
-            line
-        }
-        Err(e) => {
-            let line = format!("poll failed: {e}");
-            log::error!("{line}");
-            line
-        }
-    }
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Cheap per-call noise for jitter; no RNG crate needed.
+fn jitter_noise() -> u64 {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    u64::from(nanos) ^ u64::from(std::process::id()).rotate_left(17)
 }
 
 #[cfg(test)]
@@ -281,19 +528,32 @@ mod tests {
     fn steps() {
         let t0 = Instant::now();
         let s = Duration::from_secs(1);
-        assert_eq!(next_step(t0, t0, false), Step::Poll);
-        assert_eq!(next_step(t0, t0 + s, false), Step::Sleep(s));
-        assert_eq!(next_step(t0, t0 + s, true), Step::Stop);
-        assert_eq!(next_step(t0 + s, t0, true), Step::Stop);
+        assert_eq!(next_step(t0, t0, None, false), Step::Poll);
+        assert_eq!(next_step(t0, t0 + s, None, false), Step::Sleep(s));
+        assert_eq!(next_step(t0, t0 + s, None, true), Step::Stop);
+        assert_eq!(next_step(t0 + s, t0, None, true), Step::Stop);
+        // Queue waiting and due: send; due later: sleep until then; a poll is due first.
+        assert_eq!(next_step(t0, t0 + s, Some(t0), false), Step::Send);
+        let half = Duration::from_millis(500);
+        assert_eq!(
+            next_step(t0, t0 + s, Some(t0 + half), false),
+            Step::Sleep(half)
+        );
+        assert_eq!(
+            next_step(t0, t0 + s, Some(t0 + 2 * s), false),
+            Step::Sleep(s)
+        );
+        assert_eq!(next_step(t0 + s, t0 + s, Some(t0), false), Step::Poll);
+        // Too little time before the next poll to start a send: wait for the poll.
+        let tiny = Duration::from_millis(10);
+        assert_eq!(next_step(t0, t0 + tiny, Some(t0), false), Step::Sleep(tiny));
     }
 
     #[test]
     fn fixed_rate_schedule_skips_missed_slots() {
         let t0 = Instant::now();
         let i = Duration::from_secs(10);
-        // On time: next slot.
         assert_eq!(next_poll_after(t0, i, t0 + Duration::from_secs(1)), t0 + i);
-        // Exactly at the next slot: that slot has passed, take the one after.
         assert_eq!(next_poll_after(t0, i, t0 + i), t0 + 2 * i);
         // A 35 s poll on a 10 s schedule: next is the 40 s slot, not three catch-up polls.
         assert_eq!(
@@ -303,36 +563,45 @@ mod tests {
     }
 
     #[test]
-    fn poll_line_names_everything() {
-        let report = PollReport {
-            wire_bytes: 2048,
-            feed_bytes: 2048,
-            entities: 12,
-            feed_timestamp: Some(1_000),
-            document_bytes: 9000,
-            landed: Landed::Kafka {
-                topic: "dev_topic".into(),
-                partition: 0,
-                offset: 42,
-            },
-            elapsed: Duration::from_millis(7),
+    fn retry_delays_grow_and_cap_with_jitter() {
+        let check = |failures, noise, expected_ms| {
+            assert_eq!(
+                retry_delay(failures, noise),
+                Duration::from_millis(expected_ms),
+                "failures={failures} noise={noise}"
+            );
         };
-        assert_eq!(
-            describe(&report, 1_003),
-            "poll ok: 2048 bytes fetched, 12 entities, feed ts 1000 (3s old), \
-             9000 bytes JSON -> dev_topic[0]@42 in 7 ms"
-        );
-        assert!(describe(&report, 990).contains("(10s in the future)"));
+        // noise 250 → factor 1.0 exactly.
+        check(1, 250, 250);
+        check(2, 250, 500);
+        check(3, 250, 1000);
+        check(10, 250, 5000);
+        check(40, 250, 5000);
+        // Jitter spans 0.75 .. 1.25.
+        check(2, 0, 375);
+        check(10, 500, 6250);
     }
 
     #[test]
-    fn stats_count_each_kind() {
-        let mut stats = Stats::default();
-        stats.count(&Err(PollError::Deliver(SinkError::Stdout(
-            std::io::ErrorKind::BrokenPipe.into(),
-        ))));
-        assert_eq!(stats.polls, 1);
-        assert_eq!(stats.delivery_errors, 1);
-        assert_eq!(stats.delivered, 0);
+    fn poll_line_names_everything() {
+        let polled = Polled {
+            document: Vec::new(),
+            document_bytes: 9000,
+            timestamp_ms: 0,
+            wire_bytes: 2048,
+            entities: 12,
+            feed_timestamp: Some(1_000),
+        };
+        let landed = Landed::Kafka {
+            topic: "dev_topic".into(),
+            partition: 0,
+            offset: 42,
+        };
+        assert_eq!(
+            describe(&polled, &landed, Duration::from_millis(7), 1_003),
+            "poll ok: 2048 bytes fetched, 12 entities, feed ts 1000 (3s old), \
+             9000 bytes JSON -> dev_topic[0]@42 in 7 ms"
+        );
+        assert!(describe(&polled, &landed, Duration::ZERO, 990).contains("(10s in the future)"));
     }
 }

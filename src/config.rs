@@ -28,12 +28,13 @@ impl Defaults {
     pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
     pub const KAFKA_PORT: u16 = 9092;
     pub const CLIENT_ID: &'static str = "gtfs-rt-kafka";
+    pub const QUEUE_MAX_BYTES: u64 = 64 * 1024 * 1024;
 }
 
 /// What the process was asked to do.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Command {
-    Run(Config),
+    Run(Box<Config>),
     /// Print the document that would be sent for a .pb file (`None` = stdin).
     Convert(ConvertConfig),
     Help,
@@ -79,6 +80,7 @@ pub struct KafkaSettings {
     pub compression: CompressionSetting,
     pub request_timeout: Duration,
     pub client_id: String,
+    pub idempotence: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -105,6 +107,10 @@ pub struct Config {
     /// After SIGTERM/SIGINT during a poll, how long it may take to finish delivering.
     pub shutdown_timeout: Duration,
     pub log_level: log::LevelFilter,
+    /// Bound of unsent snapshots held in memory (and in the spool); oldest dropped beyond.
+    pub queue_max_bytes: usize,
+    /// Crash-safe copies of unsent snapshots; `None` = memory only.
+    pub spool_dir: Option<std::path::PathBuf>,
 }
 
 /// An invalid setting: names it (env var and flag) and says why.
@@ -149,6 +155,9 @@ const SETTINGS: &[Setting] = &[
     s(Some("MAX_BODY_BYTES"), "--max-body-bytes"),
     s(Some("MAX_REDIRECTS"), "--max-redirects"),
     s(Some("RUST_LOG"), "--log-level"),
+    s(Some("QUEUE_MAX_BYTES"), "--queue-max-bytes"),
+    s(Some("SPOOL_DIR"), "--spool-dir"),
+    s(Some("KAFKA_IDEMPOTENCE"), "--idempotence"),
     Setting {
         env: None,
         flag: "--once",
@@ -194,7 +203,9 @@ impl Raw<'_> {
     }
 
     fn string(&self, flag: &str, default: &str) -> String {
-        self.get(flag).map(|(_, v)| v).unwrap_or_else(|| default.to_string())
+        self.get(flag)
+            .map(|(_, v)| v)
+            .unwrap_or_else(|| default.to_string())
     }
 
     /// Parses with `parse`; an error names "ENV / --flag" and the offending value.
@@ -256,7 +267,7 @@ pub fn parse(
             "unexpected argument {:?} (the only subcommand is `convert FILE|-`)",
             positional[0]
         ))),
-        None => run_config(&raw).map(Command::Run),
+        None => run_config(&raw).map(|c| Command::Run(Box::new(c))),
     }
 }
 
@@ -321,6 +332,16 @@ fn run_config(raw: &Raw) -> Result<Config, ConfigError> {
         reason,
     })?;
     let poll_interval = raw.typed("--poll-interval", Defaults::POLL_INTERVAL, parse_secs)?;
+    let acks = raw.typed("--acks", AcksSetting::All, parse_acks)?;
+    // Idempotence needs acks=all; an explicit weaker acks turns the default off.
+    let idempotence_default = acks == AcksSetting::All;
+    let idempotence = raw.typed("--idempotence", idempotence_default, parse_bool)?;
+    if idempotence && acks != AcksSetting::All {
+        return Err(ConfigError {
+            setting: setting_name("--idempotence"),
+            reason: "needs KAFKA_ACKS=all".to_string(),
+        });
+    }
     if poll_interval < Duration::from_millis(100) {
         return Err(ConfigError {
             setting: setting_name("--poll-interval"),
@@ -345,7 +366,7 @@ fn run_config(raw: &Raw) -> Result<Config, ConfigError> {
         kafka: KafkaSettings {
             bootstrap,
             topic,
-            acks: raw.typed("--acks", AcksSetting::All, parse_acks)?,
+            acks,
             compression: raw.typed("--compression", CompressionSetting::None, parse_compression)?,
             request_timeout: raw.typed(
                 "--kafka-request-timeout",
@@ -353,6 +374,7 @@ fn run_config(raw: &Raw) -> Result<Config, ConfigError> {
                 parse_secs,
             )?,
             client_id: raw.string("--client-id", Defaults::CLIENT_ID),
+            idempotence,
         },
         sink: raw.typed("--sink", SinkKind::Kafka, parse_sink)?,
         poll_interval,
@@ -360,10 +382,42 @@ fn run_config(raw: &Raw) -> Result<Config, ConfigError> {
         event_type: raw.string("--event-type", Defaults::EVENT_TYPE),
         names: raw.typed("--json-names", FieldNames::Proto, parse_names)?,
         once: raw.has_switch("--once"),
-        delivery_timeout: raw.typed("--delivery-timeout", Defaults::DELIVERY_TIMEOUT, parse_secs)?,
-        shutdown_timeout: raw.typed("--shutdown-timeout", Defaults::SHUTDOWN_TIMEOUT, parse_secs)?,
+        delivery_timeout: raw.typed(
+            "--delivery-timeout",
+            Defaults::DELIVERY_TIMEOUT,
+            parse_secs,
+        )?,
+        shutdown_timeout: raw.typed(
+            "--shutdown-timeout",
+            Defaults::SHUTDOWN_TIMEOUT,
+            parse_secs,
+        )?,
         log_level: raw.typed("--log-level", log::LevelFilter::Info, parse_level)?,
+        queue_max_bytes: raw
+            .typed("--queue-max-bytes", Defaults::QUEUE_MAX_BYTES, parse_bytes)?
+            .try_into()
+            .unwrap_or(usize::MAX),
+        spool_dir: spool_dir(raw),
     })
+}
+
+/// `SPOOL_DIR`/`--spool-dir`, else systemd's `$STATE_DIRECTORY` (first entry), else none.
+fn spool_dir(raw: &Raw) -> Option<std::path::PathBuf> {
+    if let Some((_, dir)) = raw.get("--spool-dir") {
+        return Some(dir.into());
+    }
+    (raw.env)("STATE_DIRECTORY")
+        .and_then(|dirs| dirs.split(':').next().map(str::to_string))
+        .filter(|d| !d.is_empty())
+        .map(Into::into)
+}
+
+fn parse_bool(v: &str) -> Result<bool, String> {
+    match v.to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Ok(true),
+        "false" | "0" | "no" | "off" => Ok(false),
+        _ => Err(format!("{v:?} is not true or false")),
+    }
 }
 
 fn validate_url(url: &str) -> Result<(), String> {
@@ -435,7 +489,9 @@ fn validate_topic(topic: &str) -> Result<(), String> {
         .chars()
         .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
     {
-        return Err(format!("{topic:?} contains {c:?}; allowed are a-z A-Z 0-9 . _ -"));
+        return Err(format!(
+            "{topic:?} contains {c:?}; allowed are a-z A-Z 0-9 . _ -"
+        ));
     }
     Ok(())
 }
@@ -456,7 +512,7 @@ pub fn parse_secs(v: &str) -> Result<Duration, String> {
         .parse()
         .map_err(|_| format!("{v:?} is not a number of seconds"))?;
     let secs = n * scale;
-    if !secs.is_finite() || secs < 0.0 || secs > 365.0 * 86400.0 {
+    if !secs.is_finite() || !(0.0..=365.0 * 86400.0).contains(&secs) {
         return Err(format!("{v:?} is out of range (0 to one year)"));
     }
     Ok(Duration::from_secs_f64(secs))
@@ -561,7 +617,13 @@ KAFKA
     --compression CODEC        KAFKA_COMPRESSION  none|gzip|snappy|lz4|zstd [default: none]
     --kafka-request-timeout S  KAFKA_REQUEST_TIMEOUT [default: 10]
     --client-id ID             KAFKA_CLIENT_ID    [default: gtfs-rt-kafka]
-    --delivery-timeout SECS    DELIVERY_TIMEOUT   retry budget for one poll's record [default: 10]
+    --delivery-timeout SECS    DELIVERY_TIMEOUT   longest send attempt (also capped by the next poll) [default: 10]
+    --idempotence BOOL         KAFKA_IDEMPOTENCE  retries never duplicate [default: true with acks=all]
+
+DELIVERY GUARANTEES
+    --queue-max-bytes N        QUEUE_MAX_BYTES    unsent snapshots kept; oldest dropped beyond [default: 64MiB]
+    --spool-dir DIR            SPOOL_DIR          crash-safe copies of unsent snapshots
+                                                  [default: $STATE_DIRECTORY under systemd, else none]
 
 PROCESS
     --once                                        one poll; exit 0 if delivered, 1 if not
@@ -585,7 +647,7 @@ mod tests {
             .collect();
         let lookup = move |k: &str| env.iter().find(|(ek, _)| ek == k).map(|(_, v)| v.clone());
         match parse(args.iter().map(|a| a.to_string()), &lookup)? {
-            Command::Run(c) => Ok(c),
+            Command::Run(c) => Ok(*c),
             other => panic!("expected Run, got {other:?}"),
         }
     }
@@ -623,15 +685,47 @@ mod tests {
             let err = run_with(args, env).unwrap_err();
             assert_eq!(err.setting, setting, "{err}");
         };
-        check(&[], &[("POLL_INTERVAL", "soon")], "POLL_INTERVAL / --poll-interval");
-        check(&[], &[("POLL_INTERVAL", "0")], "POLL_INTERVAL / --poll-interval");
-        check(&[], &[("KAFKA_BROKER", "a:1,,b")], "KAFKA_BROKER / --kafka-broker");
-        check(&[], &[("KAFKA_BROKER", "a:99999")], "KAFKA_BROKER / --kafka-broker");
-        check(&[], &[("KAFKA_TOPIC", "bad topic")], "KAFKA_TOPIC / --kafka-topic");
-        check(&[], &[("VEHICLE_URL", "ftp://x")], "VEHICLE_URL / --vehicle-url");
+        check(
+            &[],
+            &[("POLL_INTERVAL", "soon")],
+            "POLL_INTERVAL / --poll-interval",
+        );
+        check(
+            &[],
+            &[("POLL_INTERVAL", "0")],
+            "POLL_INTERVAL / --poll-interval",
+        );
+        check(
+            &[],
+            &[("KAFKA_BROKER", "a:1,,b")],
+            "KAFKA_BROKER / --kafka-broker",
+        );
+        check(
+            &[],
+            &[("KAFKA_BROKER", "a:99999")],
+            "KAFKA_BROKER / --kafka-broker",
+        );
+        check(
+            &[],
+            &[("KAFKA_TOPIC", "bad topic")],
+            "KAFKA_TOPIC / --kafka-topic",
+        );
+        check(
+            &[],
+            &[("VEHICLE_URL", "ftp://x")],
+            "VEHICLE_URL / --vehicle-url",
+        );
         check(&["--acks", "2"], &[], "KAFKA_ACKS / --acks");
-        check(&["--compression=brotli"], &[], "KAFKA_COMPRESSION / --compression");
-        check(&["--max-body-bytes", "12XB"], &[], "MAX_BODY_BYTES / --max-body-bytes");
+        check(
+            &["--compression=brotli"],
+            &[],
+            "KAFKA_COMPRESSION / --compression",
+        );
+        check(
+            &["--max-body-bytes", "12XB"],
+            &[],
+            "MAX_BODY_BYTES / --max-body-bytes",
+        );
         check(&["--bogus"], &[], "usage");
         check(&["--kafka-topic"], &[], "usage");
         check(&["--once=yes"], &[], "usage");

@@ -11,5 +11,7 @@ pub mod fetch;
 pub mod json;
 pub mod kafka;
 pub mod notify;
+pub mod queue;
 pub mod signals;
 pub mod sink;
+pub mod spool;

@@ -8,7 +8,7 @@ use std::io::{Read, Write};
 use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use gtfs_rt_kafka::app::{self, Pipeline};
+use gtfs_rt_kafka::app::{Pipeline, Runner};
 use gtfs_rt_kafka::config::{self, Command, Config, ConvertConfig, SinkKind};
 use gtfs_rt_kafka::decode::decode_feed;
 use gtfs_rt_kafka::json::{write_feed, Envelope};
@@ -48,7 +48,7 @@ fn run(config: &Config) -> ExitCode {
             return ExitCode::from(EXIT_FAILED);
         }
     };
-    let mut pipeline = Pipeline::new(config);
+    let pipeline = Pipeline::new(config);
     let mut sink: Box<dyn Sink> = match config.sink {
         SinkKind::Kafka => Box::new(KafkaSink::new(&config.kafka)),
         SinkKind::Stdout => Box::new(StdoutSink::new(std::io::stdout().lock())),
@@ -61,13 +61,14 @@ fn run(config: &Config) -> ExitCode {
     );
     let env = |name: &str| std::env::var(name).ok();
     let notifier = Notifier::from_env(&env);
-    let outcome = app::run(
-        config,
-        &mut pipeline,
-        sink.as_mut(),
-        &mut signals,
-        &notifier,
-    );
+    let runner = match Runner::new(config, pipeline, sink.as_mut()) {
+        Ok(r) => r,
+        Err(e) => {
+            log::error!("{e} (check SPOOL_DIR / --spool-dir)");
+            return ExitCode::from(EXIT_FAILED);
+        }
+    };
+    let outcome = runner.run(&mut signals, &notifier);
     log::info!("stopped: {}", outcome.stats);
     if config.once && !outcome.last_ok {
         return ExitCode::from(EXIT_FAILED);

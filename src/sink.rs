@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use crate::config::{AcksSetting, CompressionSetting, KafkaSettings};
 use crate::kafka::{Acks, Compression, KafkaError, Producer, ProducerConfig, Record};
+use crate::queue::Snapshot;
 
 /// Where a document landed, for the poll's log line.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,14 +51,33 @@ impl fmt::Display for SinkError {
 
 impl std::error::Error for SinkError {}
 
+const RECORD_LIST_TOO_LARGE: i16 = 18;
+const INVALID_RECORD: i16 = 87;
+
+impl SinkError {
+    /// The broker refused these bytes themselves (size, format): resending them can never
+    /// work, unlike an outage or a permission that an operator may still fix.
+    pub fn rejects_data(&self) -> bool {
+        match self {
+            SinkError::Kafka(e) => {
+                matches!(
+                    e,
+                    KafkaError::MessageTooLarge { .. } | KafkaError::Encode { .. }
+                ) || matches!(e.code(), Some(RECORD_LIST_TOO_LARGE | INVALID_RECORD))
+            }
+            SinkError::Stdout(_) => false,
+        }
+    }
+}
+
 pub trait Sink {
-    /// Delivers one document (no key), retrying as the sink sees fit until `deadline`.
+    /// Delivers snapshots in order (no key), retrying as the sink sees fit until `deadline`;
+    /// one `Landed` per snapshot.
     fn deliver(
         &mut self,
-        document: &[u8],
-        timestamp_ms: i64,
+        snapshots: &[Snapshot],
         deadline: Instant,
-    ) -> Result<Landed, SinkError>;
+    ) -> Result<Vec<Landed>, SinkError>;
 }
 
 pub struct KafkaSink {
@@ -83,6 +103,7 @@ impl KafkaSink {
                 CompressionSetting::Zstd => Compression::Zstd,
             },
             request_timeout: settings.request_timeout,
+            idempotence: settings.idempotence,
             ..ProducerConfig::default()
         };
         KafkaSink {
@@ -95,27 +116,29 @@ impl KafkaSink {
 impl Sink for KafkaSink {
     fn deliver(
         &mut self,
-        document: &[u8],
-        timestamp_ms: i64,
+        snapshots: &[Snapshot],
         deadline: Instant,
-    ) -> Result<Landed, SinkError> {
-        let record = Record {
-            key: None,
-            value: document,
-            timestamp_ms,
-        };
+    ) -> Result<Vec<Landed>, SinkError> {
+        let records: Vec<Record<'_>> = snapshots
+            .iter()
+            .map(|s| Record {
+                key: None,
+                value: &s.document,
+                timestamp_ms: s.timestamp_ms,
+            })
+            .collect();
         let deliveries = self
             .producer
-            .produce(&self.topic, &[record], deadline)
+            .produce(&self.topic, &records, deadline)
             .map_err(SinkError::Kafka)?;
-        let (partition, offset) = deliveries
-            .first()
-            .map_or((-1, -1), |d| (d.partition, d.offset));
-        Ok(Landed::Kafka {
-            topic: self.topic.clone(),
-            partition,
-            offset,
-        })
+        Ok(deliveries
+            .iter()
+            .map(|d| Landed::Kafka {
+                topic: self.topic.clone(),
+                partition: d.partition,
+                offset: d.offset,
+            })
+            .collect())
     }
 }
 
@@ -131,12 +154,14 @@ impl<W: Write> StdoutSink<W> {
 }
 
 impl<W: Write> Sink for StdoutSink<W> {
-    fn deliver(&mut self, document: &[u8], _: i64, _: Instant) -> Result<Landed, SinkError> {
-        self.out
-            .write_all(document)
-            .and_then(|_| self.out.write_all(b"\n"))
-            .and_then(|_| self.out.flush())
-            .map_err(SinkError::Stdout)?;
-        Ok(Landed::Stdout)
+    fn deliver(&mut self, snapshots: &[Snapshot], _: Instant) -> Result<Vec<Landed>, SinkError> {
+        for s in snapshots {
+            self.out
+                .write_all(&s.document)
+                .and_then(|_| self.out.write_all(b"\n"))
+                .map_err(SinkError::Stdout)?;
+        }
+        self.out.flush().map_err(SinkError::Stdout)?;
+        Ok(vec![Landed::Stdout; snapshots.len()])
     }
 }

@@ -341,7 +341,7 @@ pub fn consume(broker: &str, topic: &str, count: usize) -> Vec<Value> {
     let out = Command::new(python())
         .arg(repo_path("tests/py/consume.py"))
         .args(["--bootstrap", broker, "--topic", topic])
-        .args(["--count", &count.to_string(), "--timeout", "60"])
+        .args(["--count", &count.to_string(), "--timeout", "60", "--assign"])
         .output()
         .unwrap();
     let mut stdout = String::new();
