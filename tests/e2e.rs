@@ -321,7 +321,12 @@ fn systemd_notify_protocol() {
     let mut buf = [0u8; 4096];
     let started = Instant::now();
     // With a 60 s interval and a 1 s watchdog, pings must keep coming while it sleeps.
-    while messages.iter().filter(|m: &&String| *m == "WATCHDOG=1").count() < 4 {
+    while messages
+        .iter()
+        .filter(|m: &&String| *m == "WATCHDOG=1")
+        .count()
+        < 4
+    {
         let n = socket.recv(&mut buf).expect("notify message");
         messages.push(String::from_utf8_lossy(&buf[..n]).to_string());
     }
