@@ -26,6 +26,7 @@ coordinator is slow or missing).  Diagnostics go to stderr.
 
 import argparse
 import json
+import logging
 import sys
 import time
 import uuid
@@ -57,6 +58,32 @@ def record(msg):
 
 def eprint(*a):
     print("consume.py:", *a, file=sys.stderr, flush=True)
+
+
+class _Once(logging.Filter):
+    """librdkafka repeats e.g. 'Connect ... failed' every few ms: show each once."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = set()
+
+    def filter(self, rec):
+        key = rec.getMessage()
+        if key in self.seen:
+            return False
+        self.seen.add(key)
+        return True
+
+
+def client_logger():
+    log = logging.getLogger("consume.py.librdkafka")
+    h = logging.StreamHandler(sys.stderr)
+    h.setFormatter(logging.Formatter("consume.py: librdkafka: %(message)s"))
+    h.addFilter(_Once())
+    log.addHandler(h)
+    log.setLevel(logging.WARNING)
+    log.propagate = False
+    return log
 
 
 def assign_all(consumer, topic, deadline):
@@ -110,7 +137,7 @@ def main():
         # Only see committed data if the producer is transactional.
         "isolation.level": "read_committed",
     }
-    consumer = Consumer(conf)
+    consumer = Consumer(conf, logger=client_logger())
 
     got = 0
     rc = EXIT_TIMEOUT
