@@ -33,6 +33,8 @@ pub(crate) struct State {
     /// Highest ApiVersions version the brokers understand (KIP-511 fallback below it).
     pub api_versions_max: i16,
     pub produce_max: i16,
+    /// The topic's id in Metadata responses (nil when `None`).
+    pub topic_id: Option<[u8; 16]>,
     /// Addresses that refuse connections.
     pub down: HashSet<String>,
     /// Error codes the next Produce for a partition gets instead of an append.
@@ -206,13 +208,17 @@ impl FakeConn {
                         .enumerate()
                         .map(|(p, l)| (p as i32, *l))
                         .collect();
-                    metadata_response(&brokers, &asked, 0, &parts)
+                    let mut body = metadata_response(&brokers, &asked, 0, &parts);
+                    if let Some(id) = state.topic_id {
+                        body.topics[0].topic_id = uuid::Uuid::from_bytes(id);
+                    }
+                    body
                 };
                 Some(respond(&header, rhv, &body, version))
             }
             ApiKey::InitProducerId => {
                 let body = InitProducerIdResponse::default()
-                    .with_producer_id(ProducerId(1000))
+                    .with_producer_id(ProducerId(999 + state.count(ApiKey::InitProducerId) as i64))
                     .with_producer_epoch(0);
                 Some(respond(&header, rhv, &body, version))
             }
@@ -280,6 +286,7 @@ impl FakeConn {
                     kafka_protocol::messages::ProduceResponse::default().with_responses(vec![
                         TopicProduceResponse::default()
                             .with_name(topic.name.clone())
+                            .with_topic_id(topic.topic_id)
                             .with_partition_responses(partitions),
                     ]);
                 Some(respond(&header, rhv, &body, version))

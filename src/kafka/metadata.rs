@@ -25,6 +25,8 @@ pub(crate) struct PartitionInfo {
 
 #[derive(Debug, Clone)]
 pub(crate) struct TopicInfo {
+    /// The topic's id (Metadata v10+), which Produce v13 addresses it by.
+    pub topic_id: Option<[u8; 16]>,
     /// Sorted by partition id.
     pub partitions: Vec<PartitionInfo>,
     fetched_at: Instant,
@@ -177,6 +179,7 @@ impl Metadata {
         self.topics.insert(
             topic.to_owned(),
             TopicInfo {
+                topic_id: Some(t.topic_id).filter(|id| *id != [0; 16]),
                 partitions,
                 fetched_at: now,
             },

@@ -35,6 +35,7 @@ pub(crate) enum Outcome {
 
 pub(crate) fn request(
     topic: &str,
+    topic_id: Option<[u8; 16]>,
     acks: Acks,
     timeout: Duration,
     batches: &[PartitionBatch],
@@ -43,7 +44,9 @@ pub(crate) fn request(
         .with_acks(acks.wire())
         .with_timeout_ms(i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX))
         .with_topic_data(vec![TopicProduceData::default()
+            // The encoder writes the name up to v12 and the id from v13 on.
             .with_name(TopicName(StrBytes::from_string(topic.to_owned())))
+            .with_topic_id(uuid::Uuid::from_bytes(topic_id.unwrap_or([0; 16])))
             .with_partition_data(
                 batches
                     .iter()
@@ -60,6 +63,7 @@ pub(crate) fn request(
 pub(crate) fn interpret(
     broker: &str,
     topic: &str,
+    topic_id: Option<[u8; 16]>,
     response: &ProduceView,
     batches: &[PartitionBatch],
 ) -> Result<Vec<(i32, Outcome)>, KafkaError> {
@@ -77,7 +81,9 @@ pub(crate) fn interpret(
     let topic_response = response
         .topics
         .iter()
-        .find(|t| t.name == topic)
+        .find(|t| {
+            t.name.as_deref() == Some(topic) || (topic_id.is_some() && Some(t.topic_id) == topic_id)
+        })
         .ok_or_else(|| malformed(format!("no entry for topic {topic}")))?;
     batches
         .iter()
@@ -226,7 +232,7 @@ pub(crate) mod tests {
     #[test]
     fn request_round_trips_through_broker_decoder() {
         let batches = [batch(0, 2), batch(3, 1)];
-        let req = request("t", Acks::All, Duration::from_secs(30), &batches);
+        let req = request("t", None, Acks::All, Duration::from_secs(30), &batches);
         for version in [3, 8, 9, 11, 12] {
             let enc = RequestEncoder::new("c")
                 .encode(ApiKey::Produce, version, &req)
@@ -261,7 +267,7 @@ pub(crate) mod tests {
             let frame = broker_frame(ApiKey::Produce, version, 9, &body);
             let parsed =
                 parse_response(ApiKey::Produce, version, 9, frame, response::produce).unwrap();
-            let outcomes = interpret("b:1", "t", &parsed, &batches).unwrap();
+            let outcomes = interpret("b:1", "t", None, &parsed, &batches).unwrap();
             assert!(
                 matches!(outcomes[0], (0, Outcome::Done { base_offset: 42 })),
                 "{outcomes:?}"
@@ -294,6 +300,7 @@ pub(crate) mod tests {
         let err = interpret(
             "b:1",
             "t",
+            None,
             &view(response("t", &[(0, 0, 1)])),
             &[batch(0, 1), batch(2, 1)],
         )
@@ -305,6 +312,7 @@ pub(crate) mod tests {
         let err = interpret(
             "b:1",
             "t",
+            None,
             &view(response("u", &[(0, 0, 1)])),
             &[batch(0, 1)],
         )
@@ -387,12 +395,14 @@ pub(crate) mod tests {
         let b = batch(0, 4);
         let req = request(
             "t",
+            Some([3; 16]),
             Acks::None,
             Duration::from_millis(1500),
             std::slice::from_ref(&b),
         );
         assert_eq!(req.acks, 0);
         assert_eq!(req.timeout_ms, 1500);
+        assert_eq!(req.topic_data[0].topic_id.as_bytes(), &[3; 16]);
         assert_eq!(
             req.topic_data[0].partition_data[0].records,
             Some(b.batch.bytes.clone())

@@ -73,6 +73,7 @@ impl std::fmt::Debug for Producer {
 /// A request written to a broker whose response is still to be read.
 struct InFlight {
     addr: String,
+    topic_id: Option<[u8; 16]>,
     correlation_id: i32,
     version: i16,
     batches: Vec<PartitionBatch>,
@@ -150,6 +151,7 @@ impl Producer {
         let mut unknown_topic: u32 = 0;
         let mut last: Option<KafkaError> = None;
         let mut refresh = false;
+        let mut identity_resets: u32 = 0;
         loop {
             if attempts > 0 {
                 self.backoff(attempts, deadline);
@@ -280,7 +282,7 @@ impl Producer {
                         batch,
                     });
                 }
-                match self.send_produce(&addr, topic, batches, deadline) {
+                match self.send_produce(&addr, topic, info.topic_id, batches, deadline) {
                     Ok(Some(flight)) => in_flight.push(flight),
                     Ok(None) => {
                         // acks=0: written is all we will ever know.
@@ -342,6 +344,19 @@ impl Producer {
                             log::debug!("will retry: {reason}");
                             refresh |= refresh_metadata;
                             last = Some(reason);
+                        }
+                        Outcome::Fatal(e)
+                            if self.idempotence.is_some()
+                                && is_lost_producer_state(&e)
+                                && identity_resets < MAX_IDENTITY_RESETS =>
+                        {
+                            // The broker lost or fenced our producer state (restart, expiry):
+                            // a new producer id restarts every sequence at 0, valid again.
+                            log::debug!("will retry with a new producer id: {e}");
+                            identity_resets += 1;
+                            self.idempotence = None;
+                            sequences.clear();
+                            last = Some(e);
                         }
                         Outcome::Fatal(e) => return Err(e),
                     }
@@ -626,6 +641,7 @@ impl Producer {
         &mut self,
         addr: &str,
         topic: &str,
+        topic_id: Option<[u8; 16]>,
         batches: Vec<PartitionBatch>,
         deadline: Instant,
     ) -> Result<Option<InFlight>, KafkaError> {
@@ -633,8 +649,12 @@ impl Producer {
         let acks = self.config.acks;
         let result = (|| {
             let conn = self.conn(addr, deadline)?;
-            let version = conn.versions.produce;
-            let request = produce::request(topic, acks, budget, &batches);
+            // v13 addresses the topic by id; without one (Metadata < v10) stay on v12.
+            let version = match topic_id {
+                None => conn.versions.produce.min(12),
+                Some(_) => conn.versions.produce,
+            };
+            let request = produce::request(topic, topic_id, acks, budget, &batches);
             let encoded = conn
                 .encoder
                 .encode(ApiKey::Produce, version, &request)
@@ -654,6 +674,7 @@ impl Producer {
             Ok(_) if acks == Acks::None => Ok(None),
             Ok((correlation_id, version)) => Ok(Some(InFlight {
                 addr: addr.to_owned(),
+                topic_id,
                 correlation_id,
                 version,
                 batches,
@@ -692,13 +713,22 @@ impl Producer {
                 api: "Produce",
                 detail,
             })?;
-            produce::interpret(addr, topic, &response, &flight.batches)
+            produce::interpret(addr, topic, flight.topic_id, &response, &flight.batches)
         })();
         if result.is_err() {
             self.conns.remove(addr);
         }
         result
     }
+}
+
+/// New producer ids one `produce` call may ask for after losing its producer state.
+const MAX_IDENTITY_RESETS: u32 = 3;
+
+/// OUT_OF_ORDER_SEQUENCE_NUMBER, INVALID_PRODUCER_EPOCH, UNKNOWN_PRODUCER_ID: the broker no longer
+/// agrees with our sequence numbers.
+fn is_lost_producer_state(e: &KafkaError) -> bool {
+    matches!(e.code(), Some(45 | 47 | 59))
 }
 
 /// Counts an UNKNOWN_TOPIC_OR_PARTITION answer; past `budget` of them the topic is taken as missing.
@@ -1083,6 +1113,23 @@ mod tests {
     }
 
     #[test]
+    fn lost_producer_state_gets_a_new_producer_id() {
+        let cluster = Cluster::new(1, TOPIC, &[1]);
+        let mut p = producer(&cluster, |c| c.idempotence = true);
+        let vals = values(2);
+        p.produce(TOPIC, &keyless(&vals), soon()).unwrap();
+        cluster.state().produce_errors.push_back((0, 59));
+        let d = p.produce(TOPIC, &keyless(&vals), soon()).unwrap();
+        assert_eq!(d[0].offset, 2);
+        assert_eq!(cluster.state().count(ApiKey::InitProducerId), 2);
+        // Without idempotence the same code is fatal.
+        let cluster = Cluster::new(1, TOPIC, &[1]);
+        cluster.state().produce_errors.push_back((0, 59));
+        let mut p = producer(&cluster, |_| {});
+        assert!(p.produce(TOPIC, &keyless(&vals), soon()).is_err());
+    }
+
+    #[test]
     fn idempotence_needs_acks_all() {
         let cluster = Cluster::new(1, TOPIC, &[1]);
         let mut p = producer(&cluster, |c| {
@@ -1111,6 +1158,33 @@ mod tests {
         let versions: Vec<(i16, i16)> = state.requests.iter().map(|r| (r.1, r.2)).collect();
         assert_eq!(&versions[..3], &[(18, 4), (18, 2), (3, 12)]);
         assert!(versions.contains(&(0, 8)));
+    }
+
+    #[test]
+    fn produce_v13_only_with_a_topic_id() {
+        for (topic_id, expected) in [(None, 12), (Some([5; 16]), 13)] {
+            let cluster = Cluster::new(1, TOPIC, &[1]);
+            cluster.state().produce_max = 13;
+            cluster.state().topic_id = topic_id;
+            let mut p = producer(&cluster, |_| {});
+            let vals = values(2);
+            let d = p.produce(TOPIC, &keyless(&vals), soon()).unwrap();
+            assert_eq!(
+                d[1],
+                Delivery {
+                    partition: 0,
+                    offset: 1
+                }
+            );
+            let state = cluster.state();
+            let produce: Vec<i16> = state
+                .requests
+                .iter()
+                .filter(|r| r.1 == 0)
+                .map(|r| r.2)
+                .collect();
+            assert_eq!(produce, [expected]);
+        }
     }
 
     #[test]

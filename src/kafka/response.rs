@@ -184,6 +184,8 @@ pub(crate) struct PartitionMetaView {
 pub(crate) struct TopicMetaView {
     pub error_code: i16,
     pub name: Option<String>,
+    /// v10+; all zero (the nil UUID) when absent.
+    pub topic_id: [u8; 16],
     pub partitions: Vec<PartitionMetaView>,
 }
 
@@ -223,9 +225,11 @@ pub(crate) fn metadata(body: &Bytes, version: i16) -> R<MetadataView> {
     let topics = r.array("topics", |r| {
         let error_code = r.i16("topic error_code")?;
         let name = r.string("topic name")?;
-        if version >= 10 {
-            r.skip(16, "topic_id")?;
-        }
+        let topic_id = if version >= 10 {
+            r.fixed("topic_id")?
+        } else {
+            [0; 16]
+        };
         r.i8("is_internal")?;
         let partitions = r.array("partitions", |r| {
             let error_code = r.i16("partition error_code")?;
@@ -253,6 +257,7 @@ pub(crate) fn metadata(body: &Bytes, version: i16) -> R<MetadataView> {
         Ok(TopicMetaView {
             error_code,
             name,
+            topic_id,
             partitions,
         })
     })?;
@@ -285,7 +290,10 @@ pub(crate) struct PartitionProduceView {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct TopicProduceView {
-    pub name: String,
+    /// v3..=12 name the topic…
+    pub name: Option<String>,
+    /// …v13 gives its id instead.
+    pub topic_id: [u8; 16],
     pub partitions: Vec<PartitionProduceView>,
 }
 
@@ -295,14 +303,21 @@ pub(crate) struct ProduceView {
     pub throttle_time_ms: i32,
 }
 
-/// Produce v3..=12 (flexible from v9; v13 names topics by id and is not spoken).
+/// Produce v3..=13 (flexible from v9; v13 names topics by id).
 pub(crate) fn produce(body: &Bytes, version: i16) -> R<ProduceView> {
-    if !(3..=12).contains(&version) {
+    if !(3..=13).contains(&version) {
         return Err(format!("Produce v{version} is not supported"));
     }
     let mut r = Reader::new(body, version >= 9);
     let topics = r.array("responses", |r| {
-        let name = r.string("topic name")?.ok_or("topic name: null")?;
+        let (name, topic_id) = if version >= 13 {
+            (None, r.fixed("topic_id")?)
+        } else {
+            (
+                Some(r.string("topic name")?.ok_or("topic name: null")?),
+                [0; 16],
+            )
+        };
         let partitions = r.array("partition_responses", |r| {
             let index = r.i32("index")?;
             let error_code = r.i16("error_code")?;
@@ -332,7 +347,11 @@ pub(crate) fn produce(body: &Bytes, version: i16) -> R<ProduceView> {
             })
         })?;
         r.tags("topic tags")?;
-        Ok(TopicProduceView { name, partitions })
+        Ok(TopicProduceView {
+            name,
+            topic_id,
+            partitions,
+        })
     })?;
     let throttle_time_ms = r.i32("throttle_time_ms")?;
     r.tags("tags")?;
@@ -465,6 +484,7 @@ mod tests {
             .with_controller_id(BrokerId(1))
             .with_topics(vec![MetadataResponseTopic::default()
                 .with_name(Some(TopicName(StrBytes::from_static_str("t"))))
+                .with_topic_id(uuid::Uuid::from_bytes([9; 16]))
                 .with_partitions(vec![
                     MetadataResponsePartition::default()
                         .with_partition_index(0)
@@ -505,6 +525,8 @@ mod tests {
             );
             assert_eq!(view.topics.len(), 1);
             assert_eq!(view.topics[0].name.as_deref(), Some("t"));
+            let id = if version >= 10 { [9; 16] } else { [0; 16] };
+            assert_eq!(view.topics[0].topic_id, id);
             assert_eq!(
                 view.topics[0].partitions,
                 [
@@ -531,6 +553,7 @@ mod tests {
         let crate_response = ProduceResponse::default()
             .with_responses(vec![TopicProduceResponse::default()
                 .with_name(TopicName(StrBytes::from_static_str("t")))
+                .with_topic_id(uuid::Uuid::from_bytes([7; 16]))
                 .with_partition_responses(vec![
                     PartitionProduceResponse::default()
                         .with_index(0)
@@ -555,12 +578,22 @@ mod tests {
                 .with_node_id(BrokerId(2))
                 .with_host("h2".into())
                 .with_port(9093)]);
-        for version in 3..=12 {
+        for version in 3..=13 {
             let body = encode(&crate_response, version);
             let view = produce(&body, version).unwrap();
+            if version >= 13 {
+                assert_eq!(
+                    (view.topics[0].name.as_deref(), view.topics[0].topic_id),
+                    (None, [7; 16])
+                );
+            } else {
+                assert_eq!(
+                    (view.topics[0].name.as_deref(), view.topics[0].topic_id),
+                    (Some("t"), [0; 16])
+                );
+            }
             assert_eq!(view.throttle_time_ms, 9);
             let p = &view.topics[0].partitions;
-            assert_eq!(view.topics[0].name, "t");
             assert_eq!((p[0].index, p[0].error_code, p[0].base_offset), (0, 0, 42));
             assert_eq!((p[1].index, p[1].error_code), (1, 87));
             if version >= 8 {
@@ -569,7 +602,7 @@ mod tests {
             }
             never_panics(&body, |b| produce(b, version));
         }
-        assert!(produce(&encode(&crate_response, 12), 13).is_err());
+        assert!(produce(&encode(&crate_response, 13), 14).is_err());
     }
 
     #[test]

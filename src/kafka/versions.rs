@@ -10,9 +10,10 @@ use super::{response, wire};
 
 /// Versions this client implements, per API, inclusive.
 ///
-/// Produce starts at v3 (record batch v2 only) and stops at v12: v13 addresses topics by id.
-/// Metadata starts at v1 (null means "all topics" from v1 on; we always name one topic).
-pub(crate) const PRODUCE: (i16, i16) = (3, 12);
+/// Produce starts at v3 (record batch v2 only); v13 addresses topics by id, so the producer drops
+/// to v12 for a topic whose metadata carried no id. Metadata starts at v1 (null means "all topics"
+/// from v1 on; we always name one topic).
+pub(crate) const PRODUCE: (i16, i16) = (3, 13);
 pub(crate) const METADATA: (i16, i16) = (1, 13);
 pub(crate) const INIT_PRODUCER_ID: (i16, i16) = (0, 5);
 pub(crate) const API_VERSIONS: (i16, i16) = (0, 4);
@@ -208,7 +209,7 @@ mod tests {
                     range(ApiKey::Metadata, 0, 13),
                     range(ApiKey::InitProducerId, 0, 6),
                 ],
-                expect: Ok((12, 13, Some(5))),
+                expect: Ok((13, 13, Some(5))),
             },
             Case {
                 name: "kafka 3.9",
@@ -227,7 +228,7 @@ mod tests {
             Case {
                 name: "produce v0..v2 only (pre record batch v2)",
                 broker: vec![range(ApiKey::Produce, 0, 2), range(ApiKey::Metadata, 0, 5)],
-                expect: Err("no common Produce version: client supports v3..=v12, broker v0..=v2"),
+                expect: Err("no common Produce version: client supports v3..=v13, broker v0..=v2"),
             },
             Case {
                 name: "no metadata api",
