@@ -1,5 +1,5 @@
 //! Record batch v2 building with pure-Rust codecs (gzip = flate2/miniz_oxide, snappy = snap in
-//! xerial framing, lz4 = lz4_flex frames, zstd = ruzstd), ready for idempotent producer fields.
+//! xerial framing, lz4 = lz4_flex frames, zstd = ruzstd) and the idempotent producer fields.
 //! Bytes out; never does I/O and never picks partitions.
 
 use std::io::{self, Write};

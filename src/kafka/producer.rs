@@ -376,8 +376,9 @@ impl Producer {
         }
     }
 
-    /// The identity stamped on `partition`'s batch in this call; idempotent producers reserve the
-    /// partition's next `n` sequence numbers the first time, and reuse them on retries.
+    /// The identity stamped on `partition`'s batch in this call. An idempotent producer takes the
+    /// partition's next sequence number as the batch's base the first time and reuses it on every
+    /// retry, so the broker recognises a resent batch.
     fn identity(&self, topic: &str, partition: i32, sequences: &mut HashMap<i32, i32>) -> Identity {
         let Some(idem) = &self.idempotence else {
             return Identity::NONE;
