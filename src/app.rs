@@ -236,6 +236,9 @@ pub struct Runner<'a> {
     next_seq: u64,
     failures: u32,
     retry_at: Option<Instant>,
+    /// How many snapshots the failed attempt carried: the retry resends exactly those, so
+    /// the idempotent producer's sequence numbers match and the broker drops a duplicate.
+    retry_batch: Option<usize>,
 }
 
 impl<'a> Runner<'a> {
@@ -255,6 +258,7 @@ impl<'a> Runner<'a> {
             next_seq: 1,
             failures: 0,
             retry_at: None,
+            retry_batch: None,
         };
         if let Some(dir) = &config.spool_dir {
             let (spool, recovered) = Spool::open(dir)?;
@@ -410,13 +414,15 @@ impl<'a> Runner<'a> {
     /// One send attempt of the queue's head. Success pops (and unspools) what landed;
     /// failure schedules the next attempt, or drops a snapshot the broker can never accept.
     fn send_head(&mut self, deadline: Instant) -> Result<Vec<Landed>, SinkError> {
-        let head = self.queue.head(MAX_SEND_BYTES);
+        let max_items = self.retry_batch.unwrap_or(usize::MAX);
+        let head = self.queue.head(MAX_SEND_BYTES, max_items);
         let count = head.len();
         match self.sink.deliver(head, deadline) {
             Ok(landed) => {
                 self.stats.delivered += count as u64;
                 self.failures = 0;
                 self.retry_at = None;
+                self.retry_batch = None;
                 for s in self.queue.pop(count) {
                     self.unspool(&s);
                 }
@@ -424,6 +430,7 @@ impl<'a> Runner<'a> {
             }
             Err(e) if e.rejects_data() && count == 1 => {
                 self.stats.rejected += 1;
+                self.retry_batch = None;
                 for s in self.queue.pop(1) {
                     log::error!(
                         "snapshot {} ({} bytes) dropped: {e}; remedies: KAFKA_COMPRESSION, \
@@ -440,8 +447,10 @@ impl<'a> Runner<'a> {
                 self.failures += 1;
                 // A batch refused for size is retried one snapshot at a time at once.
                 let delay = if e.rejects_data() {
+                    self.retry_batch = Some(1);
                     Duration::ZERO
                 } else {
+                    self.retry_batch = Some(count);
                     retry_delay(self.failures, jitter_noise())
                 };
                 self.retry_at = Some(Instant::now() + delay);

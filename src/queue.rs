@@ -48,9 +48,10 @@ impl Queue {
         dropped
     }
 
-    /// The oldest snapshots whose documents add up to at most `max_bytes` (always at least
-    /// one when the queue is not empty), to send in one request, in order.
-    pub fn head(&mut self, max_bytes: usize) -> &[Snapshot] {
+    /// The oldest snapshots, at most `max_items`, whose documents add up to at most
+    /// `max_bytes` (always at least one when the queue is not empty), to send in one
+    /// request, in order.
+    pub fn head(&mut self, max_bytes: usize, max_items: usize) -> &[Snapshot] {
         // Pushes may have wrapped the ring; one slice makes grouping simple (a no-op when
         // already contiguous).
         let front: &[Snapshot] = self.items.make_contiguous();
@@ -58,7 +59,7 @@ impl Queue {
         let mut n = 0;
         for s in front {
             total += s.document.len();
-            if n > 0 && total > max_bytes {
+            if n > 0 && (total > max_bytes || n >= max_items) {
                 break;
             }
             n += 1;
@@ -115,7 +116,7 @@ mod tests {
         assert_eq!(q.len(), 1);
         // Larger than the bound on its own: kept, everything older goes.
         assert_eq!(seqs(&q.push(snap(5, 500))), [4]);
-        assert_eq!(seqs(q.head(1000)), [5]);
+        assert_eq!(seqs(q.head(1000, usize::MAX)), [5]);
     }
 
     #[test]
@@ -124,14 +125,16 @@ mod tests {
         for seq in 1..=5 {
             q.push(snap(seq, 30));
         }
-        assert_eq!(seqs(q.head(100)), [1, 2, 3]);
-        assert_eq!(seqs(q.head(10)), [1], "at least one, even if larger");
+        assert_eq!(seqs(q.head(100, usize::MAX)), [1, 2, 3]);
+        assert_eq!(seqs(q.head(10, usize::MAX)), [1], "at least one, even if larger");
+        assert_eq!(seqs(q.head(1000, 2)), [1, 2]);
+        assert_eq!(seqs(q.head(1000, 0)), [1], "at least one");
         assert_eq!(seqs(&q.pop(2)), [1, 2]);
-        assert_eq!(seqs(q.head(1000)), [3, 4, 5]);
+        assert_eq!(seqs(q.head(1000, usize::MAX)), [3, 4, 5]);
         assert_eq!(q.bytes(), 90);
         q.pop(10);
         assert!(q.is_empty());
-        assert!(q.head(100).is_empty());
+        assert!(q.head(100, usize::MAX).is_empty());
     }
 
     #[test]
@@ -144,6 +147,6 @@ mod tests {
         for seq in 9..=20 {
             q.push(snap(seq, 10));
         }
-        assert_eq!(seqs(q.head(10_000)).len(), q.len());
+        assert_eq!(seqs(q.head(10_000, usize::MAX)).len(), q.len());
     }
 }

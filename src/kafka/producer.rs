@@ -105,7 +105,10 @@ impl Producer {
     /// [`Delivery`] per record, in input order.
     ///
     /// Keyed records go to `murmur2(key) % partitions` like the Java client; keyless records of
-    /// one call share one partition, rotating between calls.
+    /// one call share one partition, rotating after each successful call.
+    ///
+    /// After a retriable error, calling again with the same records (same order) is
+    /// exactly-once with idempotence on: producer id, partition and sequences are reused.
     pub fn produce(
         &mut self,
         topic: &str,
@@ -127,11 +130,20 @@ impl Producer {
                 reason: "idempotence needs acks=all".to_owned(),
             });
         }
-        self.calls = self.calls.wrapping_add(1);
         let result = self.produce_inner(topic, records, deadline);
-        if result.is_err() && self.idempotence.take().is_some() {
-            // Some batches may or may not be in the log; a new producer id restarts sequences cleanly.
-            log::debug!("kafka: produce to {topic} failed, dropping producer id");
+        match &result {
+            // The keyless partition moves on only after a success: a caller that resends the
+            // same records after a retriable failure reaches the same partition with the same
+            // producer id and sequence numbers, so the broker drops the copy it already has.
+            Ok(_) => self.calls = self.calls.wrapping_add(1),
+            Err(e) if e.is_retriable() => {}
+            Err(e) => {
+                if self.idempotence.take().is_some() {
+                    // The batch's fate is unknown and won't be resent as is: a new producer id
+                    // restarts sequences cleanly.
+                    log::debug!("kafka: produce to {topic} failed ({e}), dropping producer id");
+                }
+            }
         }
         result
     }
@@ -1111,6 +1123,31 @@ mod tests {
             "{seqs:?}"
         );
         assert_eq!(state.count(ApiKey::InitProducerId), 1);
+    }
+
+    #[test]
+    fn resend_after_a_failed_call_is_deduplicated() {
+        // The first call's batch lands but every answer is lost until its deadline passes;
+        // the caller resends the same records in a new call: same partition, same producer
+        // id and sequences, so the broker keeps one copy.
+        let cluster = Cluster::new(1, TOPIC, &[1, 1, 1]);
+        cluster.state().lose_produce_responses = 1_000;
+        let mut p = producer(&cluster, |c| c.idempotence = true);
+        let vals = values(2);
+        let err = p
+            .produce(
+                TOPIC,
+                &keyless(&vals),
+                Instant::now() + Duration::from_millis(50),
+            )
+            .unwrap_err();
+        assert!(err.is_retriable(), "{err}");
+        cluster.state().lose_produce_responses = 0;
+        let d = p.produce(TOPIC, &keyless(&vals), soon()).unwrap();
+        let state = cluster.state();
+        assert_eq!(state.log_values(d[0].partition), ["value-0", "value-1"]);
+        assert_eq!(state.logs.values().map(Vec::len).sum::<usize>(), 2, "one copy");
+        assert_eq!(state.count(ApiKey::InitProducerId), 1, "same producer id");
     }
 
     #[test]
