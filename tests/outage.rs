@@ -1,0 +1,301 @@
+//! No snapshot lost: the real binary against real brokers that go away — a cut link, a
+//! `kill -9`ed Apache Kafka, a tansu that forgets everything, a `kill -9`ed producer.
+//! Records are read back with confluent-kafka (tests/py/consume.py).
+//!
+//! These tests restart shared brokers, so they take a lock and run one at a time.
+
+mod common;
+
+use std::collections::HashSet;
+use std::io::Read;
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::*;
+use serde_json::Value;
+
+const FIXTURE: &str = "mbta-vp-1.pb";
+/// kafka4's PROXIED listener: bound on 19094, advertised as 19095 where our proxy listens.
+const PROXY_PORT: u16 = 19095;
+const PROXIED_PORT: u16 = 19094;
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A TCP forwarder whose link can be cut: every connection dropped, new ones refused.
+struct Proxy {
+    up: Arc<AtomicBool>,
+    conns: Arc<Mutex<Vec<TcpStream>>>,
+}
+
+impl Proxy {
+    fn start(listen: u16, upstream: u16) -> Proxy {
+        let listener = TcpListener::bind(("127.0.0.1", listen)).expect("proxy port");
+        let up = Arc::new(AtomicBool::new(true));
+        let conns: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
+        let (up2, conns2) = (up.clone(), conns.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming().map_while(Result::ok) {
+                if !up2.load(Ordering::SeqCst) {
+                    drop(client); // refused: closed at once
+                    continue;
+                }
+                let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else {
+                    continue;
+                };
+                let mut list = conns2.lock().unwrap();
+                list.push(client.try_clone().unwrap());
+                list.push(server.try_clone().unwrap());
+                pump(client.try_clone().unwrap(), server.try_clone().unwrap());
+                pump(server, client);
+            }
+        });
+        Proxy { up, conns }
+    }
+
+    fn cut(&self) {
+        self.up.store(false, Ordering::SeqCst);
+        for c in self.conns.lock().unwrap().drain(..) {
+            let _ = c.shutdown(Shutdown::Both);
+        }
+    }
+
+    fn restore(&self) {
+        self.up.store(true, Ordering::SeqCst);
+    }
+}
+
+fn pump(mut from: TcpStream, mut to: TcpStream) {
+    std::thread::spawn(move || {
+        let _ = std::io::copy(&mut from, &mut to);
+        let _ = to.shutdown(Shutdown::Both);
+    });
+}
+
+fn brokers(action: &str, name: &str) {
+    let status = Command::new(repo_path(".ci/brokers"))
+        .args([action, name])
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), ".ci/brokers {action} {name} failed");
+}
+
+fn spawn_producer(url: &str, broker: &str, topic: &str, extra: &[&str]) -> Child {
+    Command::new(BIN)
+        .env("VEHICLE_URL", url)
+        .env("KAFKA_BROKER", broker)
+        .env("KAFKA_TOPIC", topic)
+        .args(["--poll-interval", "1", "--kafka-request-timeout", "2"])
+        .args(extra)
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// SIGTERM, wait for exit 0, return stderr.
+fn stop(mut child: Child) -> String {
+    signal(child.id(), "TERM");
+    let status = wait_timeout(&mut child, Duration::from_secs(30)).expect("no exit after TERM");
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert_eq!(status.code(), Some(0), "{err}");
+    err
+}
+
+/// Snapshots the producer fetched and converted (each must reach Kafka exactly once).
+fn polls_ok(stderr: &str) -> usize {
+    stderr.lines().filter(|l| l.contains("poll ok:")).count()
+}
+
+/// The distinct producer timestamps in `records`, asserting each is a full document.
+fn stamps(records: &[Value]) -> HashSet<u64> {
+    records
+        .iter()
+        .map(|r| {
+            let doc = assert_document(
+                r["value"].as_str().unwrap().as_bytes(),
+                FIXTURE,
+                "toei_vehicle_api",
+                "gtfs_realtime_vehicle",
+            );
+            doc["producer_timestamp"].as_f64().unwrap().to_bits()
+        })
+        .collect()
+}
+
+/// All records of `topic`, asserting there are exactly `expected` (none missing, none extra).
+fn exactly(broker: &str, topic: &str, expected: usize) -> Vec<Value> {
+    let records = consume(broker, topic, expected);
+    assert_eq!(records.len(), expected);
+    let extra = consume_up_to(broker, topic, expected + 1, 5);
+    assert_eq!(extra.len(), expected, "duplicates in {topic}");
+    let unique = stamps(&records);
+    assert_eq!(unique.len(), expected, "a snapshot was delivered twice");
+    records
+}
+
+#[test]
+fn cut_link_loses_nothing_and_polls_keep_their_schedule() {
+    let _guard = serial();
+    let Some(direct) = broker("GRK_TEST_KAFKA4") else {
+        return;
+    };
+    let server = FeedServer::start(Response::fixture(FIXTURE));
+    let proxy = Proxy::start(PROXY_PORT, PROXIED_PORT);
+    let topic = unique_topic("cut");
+    create_topic(&direct, &topic, 1);
+    let child = spawn_producer(
+        &server.url("/feed"),
+        &format!("127.0.0.1:{PROXY_PORT}"),
+        &topic,
+        &[],
+    );
+    server.wait_for_requests(3, Duration::from_secs(15));
+    proxy.cut();
+    let cut_at = server.requests();
+    std::thread::sleep(Duration::from_secs(4));
+    let during_cut = server.requests() - cut_at;
+    proxy.restore();
+    let restored_at = server.requests();
+    server.wait_for_requests(restored_at + 4, Duration::from_secs(15));
+    let err = stop(child);
+    // Polling went on through the outage: ~4 polls in 4 s at a 1 s interval.
+    assert!(during_cut >= 3, "{during_cut} polls during the cut\n{err}");
+    assert!(
+        err.contains("not delivered yet") || err.contains("queued behind"),
+        "{err}"
+    );
+    let n = polls_ok(&err);
+    assert_eq!(n, server.requests(), "every fetch converted\n{err}");
+    exactly(&direct, &topic, n);
+    assert!(err.contains("0 unsent at exit"), "{err}");
+}
+
+#[test]
+fn kill_9_of_apache_kafka_loses_nothing() {
+    let _guard = serial();
+    let Some(direct) = broker("GRK_TEST_KAFKA4") else {
+        return;
+    };
+    let server = FeedServer::start(Response::fixture(FIXTURE));
+    let topic = unique_topic("kill9");
+    create_topic(&direct, &topic, 1);
+    let child = spawn_producer(&server.url("/feed"), &direct, &topic, &[]);
+    server.wait_for_requests(3, Duration::from_secs(15));
+    brokers("kill9", "kafka4");
+    let killed_at = server.requests();
+    std::thread::sleep(Duration::from_secs(2));
+    brokers("resume", "kafka4");
+    let resumed_at = server.requests();
+    assert!(
+        resumed_at > killed_at,
+        "polls stopped while the broker was down"
+    );
+    server.wait_for_requests(resumed_at + 5, Duration::from_secs(30));
+    let err = stop(child);
+    let n = polls_ok(&err);
+    assert_eq!(n, server.requests(), "{err}");
+    exactly(&direct, &topic, n);
+    assert!(err.contains("0 unsent at exit"), "{err}");
+}
+
+#[test]
+fn tansu_restart_with_wiped_state_recovers() {
+    let _guard = serial();
+    let Some(tansu) = broker("GRK_TEST_TANSU") else {
+        return;
+    };
+    let server = FeedServer::start(Response::fixture(FIXTURE));
+    let topic = unique_topic("tansu-restart");
+    create_topic(&tansu, &topic, 1);
+    let child = spawn_producer(&server.url("/feed"), &tansu, &topic, &[]);
+    server.wait_for_requests(3, Duration::from_secs(15));
+    brokers("stop", "tansu");
+    brokers("start", "tansu");
+    // Memory storage: the topic and our producer id are gone. Recreate the topic the way an
+    // operator would; the producer must notice and deliver what it fetches from now on.
+    create_topic(&tansu, &topic, 1);
+    let after_restart = server.requests();
+    server.wait_for_requests(after_restart + 4, Duration::from_secs(30));
+    let err = stop(child);
+    let last_line = err.lines().last().unwrap_or_default().to_string();
+    assert!(last_line.contains("0 unsent at exit"), "{err}");
+    // Everything fetched after the restart is in the new topic (what came before died with
+    // the broker's memory); nothing is duplicated.
+    let records = consume_up_to(&tansu, &topic, 1000, 10);
+    assert!(records.len() >= 4, "{} records\n{err}", records.len());
+    assert_eq!(stamps(&records).len(), records.len(), "duplicates");
+}
+
+#[test]
+fn kill_9_of_the_producer_keeps_its_spool() {
+    let _guard = serial();
+    let Some(direct) = broker("GRK_TEST_KAFKA4") else {
+        return;
+    };
+    let server = FeedServer::start(Response::fixture(FIXTURE));
+    let topic = unique_topic("spool");
+    create_topic(&direct, &topic, 1);
+    let spool = std::env::temp_dir().join(format!("grk-spool-e2e-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&spool);
+    let spool_arg = spool.display().to_string();
+    // Kafka unreachable: snapshots pile up in the spool.
+    let mut child = spawn_producer(
+        &server.url("/feed"),
+        &format!("127.0.0.1:{}", dead_port()),
+        &topic,
+        &["--spool-dir", &spool_arg],
+    );
+    server.wait_for_requests(4, Duration::from_secs(15));
+    std::thread::sleep(Duration::from_millis(300));
+    signal(child.id(), "KILL");
+    child.wait().unwrap();
+    let spooled = std::fs::read_dir(&spool).unwrap().count();
+    assert!(spooled >= 4, "{spooled} files in the spool");
+    // Restart with Kafka back: the spooled snapshots go first, each once.
+    let child = spawn_producer(
+        &server.url("/feed"),
+        &direct,
+        &topic,
+        &["--spool-dir", &spool_arg],
+    );
+    let restarted_at = server.requests();
+    server.wait_for_requests(restarted_at + 2, Duration::from_secs(15));
+    let err = stop(child);
+    assert!(
+        err.contains(&format!("{spooled} snapshots from a previous run")),
+        "{err}"
+    );
+    let n = spooled + polls_ok(&err);
+    let records = exactly(&direct, &topic, n);
+    // Oldest first: the spooled ones (fetched earlier) lead.
+    let times: Vec<f64> = records
+        .iter()
+        .map(|r| {
+            serde_json::from_str::<Value>(r["value"].as_str().unwrap()).unwrap()
+                ["producer_timestamp"]
+                .as_f64()
+                .unwrap()
+        })
+        .collect();
+    assert!(times.windows(2).all(|w| w[0] < w[1]), "out of order");
+    assert_eq!(
+        std::fs::read_dir(&spool).unwrap().count(),
+        0,
+        "spool emptied"
+    );
+    std::fs::remove_dir_all(&spool).ok();
+}
