@@ -126,7 +126,11 @@ mod tests {
             q.push(snap(seq, 30));
         }
         assert_eq!(seqs(q.head(100, usize::MAX)), [1, 2, 3]);
-        assert_eq!(seqs(q.head(10, usize::MAX)), [1], "at least one, even if larger");
+        assert_eq!(
+            seqs(q.head(10, usize::MAX)),
+            [1],
+            "at least one, even if larger"
+        );
         assert_eq!(seqs(q.head(1000, 2)), [1, 2]);
         assert_eq!(seqs(q.head(1000, 0)), [1], "at least one");
         assert_eq!(seqs(&q.pop(2)), [1, 2]);

@@ -1146,7 +1146,11 @@ mod tests {
         let d = p.produce(TOPIC, &keyless(&vals), soon()).unwrap();
         let state = cluster.state();
         assert_eq!(state.log_values(d[0].partition), ["value-0", "value-1"]);
-        assert_eq!(state.logs.values().map(Vec::len).sum::<usize>(), 2, "one copy");
+        assert_eq!(
+            state.logs.values().map(Vec::len).sum::<usize>(),
+            2,
+            "one copy"
+        );
         assert_eq!(state.count(ApiKey::InitProducerId), 1, "same producer id");
     }
 
