@@ -198,15 +198,16 @@ pub fn next_step(
     }
 }
 
-/// Fixed-rate schedule: the next slot after `scheduled`; if polls overran, the next slot
-/// still in the future (missed slots are skipped, never fired in a burst).
+/// Fixed-rate schedule: the slot after `scheduled`, even if it just passed (a send attempt
+/// ends right at the slot, so "now" is often a hair late). Only when polls overran by half
+/// an interval or more are the missed slots skipped — never fired in a burst.
 pub fn next_poll_after(scheduled: Instant, interval: Duration, now: Instant) -> Instant {
     let next = scheduled + interval;
-    if next > now {
+    let late = now.saturating_duration_since(next);
+    if late < interval / 2 {
         return next;
     }
-    let behind = now.duration_since(next).as_nanos();
-    let missed = behind / interval.as_nanos().max(1) + 1;
+    let missed = late.as_nanos() / interval.as_nanos().max(1) + 1;
     let skip = u32::try_from(missed).unwrap_or(u32::MAX);
     next + interval.saturating_mul(skip)
 }
@@ -563,7 +564,11 @@ mod tests {
         let t0 = Instant::now();
         let i = Duration::from_secs(10);
         assert_eq!(next_poll_after(t0, i, t0 + Duration::from_secs(1)), t0 + i);
-        assert_eq!(next_poll_after(t0, i, t0 + i), t0 + 2 * i);
+        // At the slot or a little past it: that slot still runs (now).
+        assert_eq!(next_poll_after(t0, i, t0 + i), t0 + i);
+        assert_eq!(next_poll_after(t0, i, t0 + Duration::from_secs(14)), t0 + i);
+        // Half an interval late or more: skip to the next slot.
+        assert_eq!(next_poll_after(t0, i, t0 + Duration::from_secs(16)), t0 + 2 * i);
         // A 35 s poll on a 10 s schedule: next is the 40 s slot, not three catch-up polls.
         assert_eq!(
             next_poll_after(t0, i, t0 + Duration::from_secs(35)),

@@ -174,6 +174,8 @@ fn cut_link_loses_nothing_and_polls_keep_their_schedule() {
     let err = stop(child);
     // Polling went on through the outage: ~4 polls in 4 s at a 1 s interval.
     assert!(during_cut >= 3, "{during_cut} polls during the cut\n{err}");
+    let gap = server.max_gap();
+    assert!(gap < Duration::from_millis(1500), "a poll slipped: {gap:?}\n{err}");
     assert!(
         err.contains("not delivered yet") || err.contains("queued behind"),
         "{err}"

@@ -110,6 +110,7 @@ impl Response {
 pub struct FeedServer {
     port: u16,
     requests: Arc<AtomicUsize>,
+    times: Arc<std::sync::Mutex<Vec<Instant>>>,
 }
 
 impl FeedServer {
@@ -121,17 +122,24 @@ impl FeedServer {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let requests = Arc::new(AtomicUsize::new(0));
+        let times: Arc<std::sync::Mutex<Vec<Instant>>> = Arc::default();
         let counter = requests.clone();
+        let log = times.clone();
         let script = Arc::new(script);
         std::thread::spawn(move || {
             for stream in listener.incoming() {
                 let Ok(stream) = stream else { continue };
                 let script = script.clone();
                 let counter = counter.clone();
-                std::thread::spawn(move || serve(stream, &script, &counter));
+                let log = log.clone();
+                std::thread::spawn(move || serve(stream, &script, &counter, &log));
             }
         });
-        FeedServer { port, requests }
+        FeedServer {
+            port,
+            requests,
+            times,
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -140,6 +148,16 @@ impl FeedServer {
 
     pub fn requests(&self) -> usize {
         self.requests.load(Ordering::SeqCst)
+    }
+
+    /// The longest pause between two consecutive requests.
+    pub fn max_gap(&self) -> Duration {
+        let times = self.times.lock().unwrap();
+        times
+            .windows(2)
+            .map(|w| w[1].duration_since(w[0]))
+            .max()
+            .unwrap_or_default()
     }
 
     pub fn wait_for_requests(&self, n: usize, timeout: Duration) {
@@ -155,12 +173,18 @@ impl FeedServer {
     }
 }
 
-fn serve(mut stream: TcpStream, script: &[Response], counter: &AtomicUsize) {
+fn serve(
+    mut stream: TcpStream,
+    script: &[Response],
+    counter: &AtomicUsize,
+    times: &std::sync::Mutex<Vec<Instant>>,
+) {
     let next = counter.load(Ordering::SeqCst);
     if let Response::Reset = script[next.min(script.len() - 1)] {
         // Closing with unread request bytes in the kernel buffer makes the OS send a RST.
         let mut first = [0u8; 1];
         let _ = stream.read(&mut first);
+        times.lock().unwrap().push(Instant::now());
         counter.fetch_add(1, Ordering::SeqCst);
         return;
     }
@@ -177,6 +201,7 @@ fn serve(mut stream: TcpStream, script: &[Response], counter: &AtomicUsize) {
                 break;
             }
         }
+        times.lock().unwrap().push(Instant::now());
         let n = counter.fetch_add(1, Ordering::SeqCst);
         let response = &script[n.min(script.len() - 1)];
         if respond(reader.get_mut(), response).is_err() {
