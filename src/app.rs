@@ -433,13 +433,12 @@ impl<'a> Runner<'a> {
                 self.stats.rejected += 1;
                 self.retry_batch = None;
                 for s in self.queue.pop(1) {
+                    let kept = self.keep_rejected(&s);
                     log::error!(
-                        "snapshot {} ({} bytes) dropped: {e}; remedies: KAFKA_COMPRESSION, \
-                         the topic's max.message.bytes, or a smaller feed",
+                        "snapshot {} ({} bytes of JSON) refused by the broker, {kept}: {e}",
                         s.seq,
                         s.document.len()
                     );
-                    self.unspool(&s);
                 }
                 Err(e)
             }
@@ -509,6 +508,20 @@ impl<'a> Runner<'a> {
         }
     }
 
+    /// A refused snapshot leaves the queue; with a spool its file is kept aside.
+    fn keep_rejected(&mut self, snapshot: &Snapshot) -> String {
+        match (&self.spool, snapshot.spooled) {
+            (Some(spool), true) => match spool.reject(snapshot.seq) {
+                Ok(path) => format!("kept in {}", path.display()),
+                Err(e) => {
+                    self.stats.spool_errors += 1;
+                    format!("dropped ({e})")
+                }
+            },
+            _ => "dropped (no SPOOL_DIR to keep it)".to_string(),
+        }
+    }
+
     fn unspool(&self, snapshot: &Snapshot) {
         if let (Some(spool), true) = (&self.spool, snapshot.spooled) {
             spool.remove(snapshot.seq);
@@ -568,7 +581,10 @@ mod tests {
         assert_eq!(next_poll_after(t0, i, t0 + i), t0 + i);
         assert_eq!(next_poll_after(t0, i, t0 + Duration::from_secs(14)), t0 + i);
         // Half an interval late or more: skip to the next slot.
-        assert_eq!(next_poll_after(t0, i, t0 + Duration::from_secs(16)), t0 + 2 * i);
+        assert_eq!(
+            next_poll_after(t0, i, t0 + Duration::from_secs(16)),
+            t0 + 2 * i
+        );
         // A 35 s poll on a 10 s schedule: next is the 40 s slot, not three catch-up polls.
         assert_eq!(
             next_poll_after(t0, i, t0 + Duration::from_secs(35)),

@@ -18,6 +18,7 @@ const VERSION: u8 = 1;
 /// magic, version, 3 reserved, timestamp_ms i64, length u32, crc32c u32.
 const HEADER_LEN: usize = 4 + 1 + 3 + 8 + 4 + 4;
 const SUFFIX: &str = ".snap";
+const REJECTED_DIR: &str = "rejected";
 
 #[derive(Debug)]
 pub struct SpoolError {
@@ -112,6 +113,20 @@ impl Spool {
         if let Err(e) = fs::remove_file(&path) {
             log::warn!("spool: cannot remove {}: {e}", path.display());
         }
+    }
+
+    /// Moves a snapshot the broker refused into `rejected/`: kept for the operator, never
+    /// resent at start. Returns where it went.
+    pub fn reject(&self, seq: u64) -> Result<PathBuf, SpoolError> {
+        let dir = self.dir.join(REJECTED_DIR);
+        let target = dir.join(format!("{seq:020}{SUFFIX}"));
+        fs::create_dir_all(&dir)
+            .and_then(|_| fs::rename(self.path(seq), &target))
+            .map_err(|cause| SpoolError {
+                path: target.clone(),
+                cause,
+            })?;
+        Ok(target)
     }
 
     fn path(&self, seq: u64) -> PathBuf {

@@ -175,7 +175,10 @@ fn cut_link_loses_nothing_and_polls_keep_their_schedule() {
     // Polling went on through the outage: ~4 polls in 4 s at a 1 s interval.
     assert!(during_cut >= 3, "{during_cut} polls during the cut\n{err}");
     let gap = server.max_gap();
-    assert!(gap < Duration::from_millis(1500), "a poll slipped: {gap:?}\n{err}");
+    assert!(
+        gap < Duration::from_millis(1500),
+        "a poll slipped: {gap:?}\n{err}"
+    );
     assert!(
         err.contains("not delivered yet") || err.contains("queued behind"),
         "{err}"
@@ -300,4 +303,85 @@ fn kill_9_of_the_producer_keeps_its_spool() {
         "spool emptied"
     );
     std::fs::remove_dir_all(&spool).ok();
+}
+
+/// A national feed's document (8 MB of JSON) is larger than Kafka's default 1 MB limit: a
+/// clear error with its size and the remedies, counted, and kept in the spool's rejected/.
+#[test]
+fn oversize_document_is_reported_and_kept_in_the_spool() {
+    let _guard = serial();
+    let Some(direct) = broker("GRK_TEST_KAFKA4") else {
+        return;
+    };
+    let server = FeedServer::start(Response::fixture("ovapi-nl-tu-1.pb"));
+    let topic = unique_topic("oversize");
+    create_topic(&direct, &topic, 1);
+    let spool = std::env::temp_dir().join(format!("grk-spool-oversize-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&spool);
+    let out = Command::new(BIN)
+        .env("VEHICLE_URL", server.url("/feed"))
+        .env("KAFKA_BROKER", &direct)
+        .env("KAFKA_TOPIC", &topic)
+        .env("SPOOL_DIR", &spool)
+        .arg("--once")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let line = err
+        .lines()
+        .find(|l| l.contains("refused by the broker"))
+        .unwrap_or_else(|| panic!("no refusal line: {err}"));
+    assert!(line.contains("MESSAGE_TOO_LARGE"), "{line}");
+    assert!(line.contains("KAFKA_COMPRESSION"), "{line}");
+    assert!(line.contains("rejected/"), "{line}");
+    assert!(err.contains("1 rejected by broker"), "{err}");
+    let kept = std::fs::read_dir(spool.join("rejected")).unwrap().count();
+    assert_eq!(kept, 1);
+    std::fs::remove_dir_all(&spool).ok();
+}
+
+/// A long outage with fast polls: the queue holds QUEUE_MAX_BYTES, drops the oldest with a
+/// warning and a counter, and the process's memory stays flat instead of growing per poll.
+#[test]
+fn long_outage_memory_stays_within_the_queue_bound() {
+    let _guard = serial();
+    let server = FeedServer::start(Response::fixture("wmata-rail-tu-1.pb"));
+    let mut child = Command::new(BIN)
+        .env("VEHICLE_URL", server.url("/feed"))
+        .env("KAFKA_BROKER", format!("127.0.0.1:{}", dead_port()))
+        .args(["--poll-interval", "0.1", "--queue-max-bytes", "4MiB"])
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    server.wait_for_requests(60, Duration::from_secs(60));
+    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
+    let peak_kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    let err = stop(child);
+    let polls = polls_ok(&err);
+    let last = err.lines().last().unwrap_or_default();
+    // Each document is ~0.9 MB: 60 polls would be ~50 MB unbounded.
+    let document_bytes: usize = err
+        .lines()
+        .find_map(|l| {
+            let (_, rest) = l.split_once("entities, ")?;
+            let (_, rest) = rest.split_once("), ")?;
+            rest.split(' ').next()?.parse().ok()
+        })
+        .unwrap_or_else(|| panic!("{err}"));
+    assert!(
+        polls as u64 * document_bytes as u64 > 40 << 20,
+        "{polls} polls"
+    );
+    assert!(err.contains("queue full (QUEUE_MAX_BYTES"), "{err}");
+    assert!(!last.contains(" 0 dropped"), "{last}");
+    eprintln!(
+        "long outage: {polls} polls of {document_bytes} bytes, peak RSS {peak_kib} KiB; {last}"
+    );
+    assert!(peak_kib < 40 * 1024, "peak RSS {peak_kib} KiB\n{last}");
 }
