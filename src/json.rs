@@ -1,4 +1,4 @@
-//! FeedMessage → JSON bytes, the same document Python's `json_format.MessageToDict` gives; pure, no I/O.
+//! GTFS-Realtime → JSON bytes, the same document Python's `json_format.MessageToDict` gives; pure, no I/O.
 //!
 //! The bytes equal `json.dumps(MessageToDict(msg, preserving_proto_field_name=True), ensure_ascii=False,
 //! separators=(",", ":"))`, which the golden tests check byte for byte:
@@ -12,7 +12,9 @@
 //!   repr (`35.0`, `1e-05`, `1e+16`); NaN and ±infinity as the strings "NaN", "Infinity", "-Infinity";
 //! - strings escaped like Python's `json.dumps`: `"` `\` and control characters only, the rest as UTF-8.
 //!
-//! Writers go straight into the caller's buffer: no intermediate tree, no allocation per field.
+//! Writers append to the caller's buffer: no intermediate tree, no allocation per field.
+//! `transcode_feed` is the fast path from protobuf bytes: it decodes and writes one entity at a
+//! time (`decode::FeedEntities`) and gives the same bytes as `decode_feed` + `write_feed`.
 
 use std::fmt::Write as _;
 
@@ -23,6 +25,7 @@ use crate::decode::transit_realtime::{
     TimeRange, TranslatedImage, TranslatedString, TripDescriptor, TripModifications, TripUpdate,
     VehicleDescriptor, VehiclePosition,
 };
+use crate::decode::{decode_entities, DecodeError};
 use trip_update::stop_time_update::{self, stop_time_properties, StopTimeProperties};
 use trip_update::{StopTimeEvent, StopTimeUpdate, TripProperties};
 
@@ -48,6 +51,8 @@ pub struct Envelope<'a> {
 const BYTES_PER_ENTITY: usize = 384;
 const BYTES_PER_STOP_TIME_UPDATE: usize = 140;
 const BYTES_PER_ALERT: usize = 2048;
+/// Our fixtures' JSON is 2.5 to 3.5 times their protobuf; reserving more costs address space only.
+const JSON_BYTES_PER_PROTOBUF_BYTE: usize = 4;
 
 /// The whole feed as one document; envelope fields appended after "header"/"entity" in this order: producer_timestamp, source_id, event_type.
 pub fn write_feed(
@@ -61,10 +66,38 @@ pub fn write_feed(
     w.open(b'{');
     w.message(&HEADER, feed.header.as_ref(), header);
     w.list(&ENTITY, &feed.entity, entity);
-    if let Some(envelope) = envelope {
-        w.envelope(envelope);
+    w.finish(envelope);
+}
+
+/// Decodes a GTFS-Realtime body and writes the document `write_feed` would, one entity at a time
+/// (see `decode::FeedEntities`): the same bytes, with far less memory and time on a big feed.
+/// Returns the number of entities. On a decode error, the error is `decode_feed`'s and `out` is
+/// left as it was.
+pub fn transcode_feed(
+    out: &mut Vec<u8>,
+    body: &[u8],
+    names: FieldNames,
+    envelope: Option<&Envelope<'_>>,
+) -> Result<usize, DecodeError> {
+    let feed = decode_entities(body)?;
+    let start = out.len();
+    out.reserve(body.len() * JSON_BYTES_PER_PROTOBUF_BYTE);
+    let mut w = Writer::new(out, names);
+    w.open(b'{');
+    w.message(&HEADER, Some(feed.header()), header);
+    if !feed.is_empty() {
+        w.key(&ENTITY);
+        w.open(b'[');
+        if let Err(err) = feed.try_for_each(|msg| w.object(msg, entity)) {
+            // The staged bytes of `w` are dropped with it: they belong to the abandoned document too.
+            out.truncate(start);
+            return Err(err);
+        }
+        w.close(b']');
+        w.end_member();
     }
-    w.close(b'}');
+    w.finish(envelope);
+    Ok(feed.len())
 }
 
 /// One entity as {"header":{...},"entity":{...}, envelope...} (per-entity mode, used later).
@@ -82,10 +115,7 @@ pub fn write_entity(
     w.object(header_msg, header);
     w.key(&ENTITY);
     w.object(entity_msg, entity);
-    if let Some(envelope) = envelope {
-        w.envelope(envelope);
-    }
-    w.close(b'}');
+    w.finish(envelope);
 }
 
 fn estimated_len(entity: &FeedEntity) -> usize {
@@ -430,8 +460,7 @@ struct Key {
 /// Longest rendered key: 29-byte field name plus `"":`.
 const KEY_CAPACITY: usize = 32;
 
-/// Key text zero-padded to a fixed size: copying a fixed 32 bytes and then trimming the length
-/// compiles to a few register moves, where a copy of variable length is a call to memcpy.
+/// Key text zero-padded to a fixed size (see `Writer::fixed`).
 struct KeyText {
     bytes: [u8; KEY_CAPACITY],
     len: usize,
@@ -464,41 +493,126 @@ macro_rules! key {
     };
 }
 
+/// Bytes staged in the writer before they move to `out` in one copy.
+const STAGE_LEN: usize = 8192;
+/// The most a single `reserve` asks for: a chunk of string input, escaped, in quotes (see `str_value`).
+const MAX_PIECE: usize = STAGE_LEN / 2;
+/// Escaping turns one input byte into at most six (`\u00XX`).
+const MAX_ESCAPED_LEN: usize = 6;
+
 /// Appends members to `out`. Every member is written with a trailing comma, and `close` turns the
 /// last one into the closing bracket, so no per-object "first member" state is needed.
+///
+/// Bytes are staged in a fixed array and moved to `out` a few KiB at a time: most pieces (keys,
+/// digits, short ids) are a few bytes, and into an array they are copied inline, where each
+/// `Vec::extend_from_slice` would be a capacity check and a call to memcpy. `finish` flushes.
 struct Writer<'a> {
     out: &'a mut Vec<u8>,
     camel: bool,
+    stage: [u8; STAGE_LEN],
+    staged: usize,
 }
 
 impl<'a> Writer<'a> {
     fn new(out: &'a mut Vec<u8>, names: FieldNames) -> Self {
-        let camel = names == FieldNames::Camel;
-        Writer { out, camel }
+        Writer {
+            out,
+            camel: names == FieldNames::Camel,
+            stage: [0; STAGE_LEN],
+            staged: 0,
+        }
     }
 
+    // Staging.
+
+    fn flush(&mut self) {
+        self.out.extend_from_slice(&self.stage[..self.staged]);
+        self.staged = 0;
+    }
+
+    /// Makes room for `n <= STAGE_LEN` more staged bytes.
+    fn reserve(&mut self, n: usize) {
+        if self.staged + n > STAGE_LEN {
+            self.flush();
+        }
+    }
+
+    fn byte(&mut self, b: u8) {
+        self.reserve(1);
+        self.stage[self.staged] = b;
+        self.staged += 1;
+    }
+
+    /// Writes the first `len` bytes of `bytes`. Copying all N of a fixed-size array compiles to a few
+    /// register moves; the bytes past `len` are overwritten by what comes next.
+    fn fixed<const N: usize>(&mut self, bytes: &[u8; N], len: usize) {
+        self.reserve(N);
+        self.stage[self.staged..self.staged + N].copy_from_slice(bytes);
+        self.staged += len;
+    }
+
+    fn bytes(&mut self, bytes: &[u8]) {
+        if bytes.len() > MAX_PIECE {
+            self.flush();
+            self.out.extend_from_slice(bytes);
+            return;
+        }
+        self.reserve(bytes.len());
+        self.stage[self.staged..self.staged + bytes.len()].copy_from_slice(bytes);
+        self.staged += bytes.len();
+    }
+
+    /// The last byte written, staged or already in `out`.
+    fn last_mut(&mut self) -> Option<&mut u8> {
+        match self.staged {
+            0 => self.out.last_mut(),
+            n => Some(&mut self.stage[n - 1]),
+        }
+    }
+
+    // Structure.
+
     fn open(&mut self, bracket: u8) {
-        self.out.push(bracket);
+        self.byte(bracket);
     }
 
     fn close(&mut self, bracket: u8) {
         // No value ends in ',', so a trailing ',' is the separator after the last member.
-        match self.out.last_mut() {
+        match self.last_mut() {
             Some(last) if *last == b',' => *last = bracket,
-            _ => self.out.push(bracket),
+            _ => self.byte(bracket),
         }
     }
 
     fn key(&mut self, key: &Key) {
         let text = if self.camel { &key.camel } else { &key.proto };
-        let end = self.out.len() + text.len;
-        self.out.extend_from_slice(&text.bytes);
-        self.out.truncate(end);
+        self.fixed(&text.bytes, text.len);
     }
 
     fn end_member(&mut self) {
-        self.out.push(b',');
+        self.byte(b',');
     }
+
+    /// Appends the envelope, if any, closes the document and moves the last staged bytes to `out`.
+    fn finish(mut self, envelope: Option<&Envelope<'_>>) {
+        if let Some(envelope) = envelope {
+            self.envelope(envelope);
+        }
+        self.close(b'}');
+        self.flush();
+    }
+
+    fn envelope(&mut self, envelope: &Envelope<'_>) {
+        self.bytes(b"\"producer_timestamp\":");
+        push_f64(self, envelope.producer_timestamp);
+        self.bytes(b",\"source_id\":");
+        self.str_value(envelope.source_id);
+        self.bytes(b",\"event_type\":");
+        self.str_value(envelope.event_type);
+        self.end_member();
+    }
+
+    // Members, one method per kind of field; each writes nothing for an unset field.
 
     fn object<T>(&mut self, msg: &T, fields: fn(&mut Self, &T)) {
         self.open(b'{');
@@ -534,7 +648,7 @@ impl<'a> Writer<'a> {
         self.key(key);
         self.open(b'[');
         for item in items {
-            push_str(self.out, item);
+            self.str_value(item);
             self.end_member();
         }
         self.close(b']');
@@ -544,7 +658,7 @@ impl<'a> Writer<'a> {
     fn string(&mut self, key: &Key, value: &Option<String>) {
         if let Some(value) = value {
             self.key(key);
-            push_str(self.out, value);
+            self.str_value(value);
             self.end_member();
         }
     }
@@ -552,8 +666,7 @@ impl<'a> Writer<'a> {
     fn boolean(&mut self, key: &Key, value: Option<bool>) {
         if let Some(value) = value {
             self.key(key);
-            let text: &[u8] = if value { b"true" } else { b"false" };
-            self.out.extend_from_slice(text);
+            self.bytes(if value { b"true" } else { b"false" });
             self.end_member();
         }
     }
@@ -561,7 +674,7 @@ impl<'a> Writer<'a> {
     fn uint32(&mut self, key: &Key, value: Option<u32>) {
         if let Some(value) = value {
             self.key(key);
-            push_u64(self.out, u64::from(value));
+            self.u64_value(u64::from(value));
             self.end_member();
         }
     }
@@ -569,7 +682,7 @@ impl<'a> Writer<'a> {
     fn int32(&mut self, key: &Key, value: Option<i32>) {
         if let Some(value) = value {
             self.key(key);
-            push_i64(self.out, i64::from(value));
+            self.i64_value(i64::from(value));
             self.end_member();
         }
     }
@@ -578,9 +691,9 @@ impl<'a> Writer<'a> {
     fn uint64(&mut self, key: &Key, value: Option<u64>) {
         if let Some(value) = value {
             self.key(key);
-            self.out.push(b'"');
-            push_u64(self.out, value);
-            self.out.push(b'"');
+            self.byte(b'"');
+            self.u64_value(value);
+            self.byte(b'"');
             self.end_member();
         }
     }
@@ -588,9 +701,9 @@ impl<'a> Writer<'a> {
     fn int64(&mut self, key: &Key, value: Option<i64>) {
         if let Some(value) = value {
             self.key(key);
-            self.out.push(b'"');
-            push_i64(self.out, value);
-            self.out.push(b'"');
+            self.byte(b'"');
+            self.i64_value(value);
+            self.byte(b'"');
             self.end_member();
         }
     }
@@ -598,7 +711,7 @@ impl<'a> Writer<'a> {
     fn float(&mut self, key: &Key, value: Option<f32>) {
         if let Some(value) = value {
             self.key(key);
-            push_f32(self.out, value);
+            push_f32(self, value);
             self.end_member();
         }
     }
@@ -606,7 +719,7 @@ impl<'a> Writer<'a> {
     fn double(&mut self, key: &Key, value: Option<f64>) {
         if let Some(value) = value {
             self.key(key);
-            push_f64(self.out, value);
+            push_f64(self, value);
             self.end_member();
         }
     }
@@ -620,21 +733,79 @@ impl<'a> Writer<'a> {
     ) {
         if let Some(name) = value.and_then(name) {
             self.key(key);
-            self.out.push(b'"');
-            self.out.extend_from_slice(name.as_bytes());
-            self.out.push(b'"');
+            self.byte(b'"');
+            self.bytes(name.as_bytes());
+            self.byte(b'"');
             self.end_member();
         }
     }
 
-    fn envelope(&mut self, envelope: &Envelope<'_>) {
-        self.out.extend_from_slice(b"\"producer_timestamp\":");
-        push_f64(self.out, envelope.producer_timestamp);
-        self.out.extend_from_slice(b",\"source_id\":");
-        push_str(self.out, envelope.source_id);
-        self.out.extend_from_slice(b",\"event_type\":");
-        push_str(self.out, envelope.event_type);
-        self.end_member();
+    // Values.
+
+    /// Writes `s` as a JSON string, escaped like Python's `json.dumps(ensure_ascii=False)`.
+    fn str_value(&mut self, s: &str) {
+        self.byte(b'"');
+        // Chunks small enough that their escaped form always fits the stage.
+        for chunk in s.as_bytes().chunks(MAX_PIECE / MAX_ESCAPED_LEN) {
+            self.reserve(chunk.len() * MAX_ESCAPED_LEN);
+            let mut at = self.staged;
+            for &b in chunk {
+                let escape = ESCAPES[usize::from(b)];
+                if escape == 0 {
+                    self.stage[at] = b;
+                    at += 1;
+                } else if escape == b'u' {
+                    let escaped = [
+                        b'\\',
+                        b'u',
+                        b'0',
+                        b'0',
+                        HEX[usize::from(b >> 4)],
+                        HEX[usize::from(b & 0xf)],
+                    ];
+                    self.stage[at..at + 6].copy_from_slice(&escaped);
+                    at += 6;
+                } else {
+                    self.stage[at..at + 2].copy_from_slice(&[b'\\', escape]);
+                    at += 2;
+                }
+            }
+            self.staged = at;
+        }
+        self.byte(b'"');
+    }
+
+    fn u64_value(&mut self, n: u64) {
+        // Digits go straight to their place: built elsewhere and then copied, the copy would wait
+        // on the small stores that built them.
+        let len = decimal_len(n);
+        self.reserve(len);
+        write_digits(n, &mut self.stage[self.staged..self.staged + len]);
+        self.staged += len;
+    }
+
+    fn i64_value(&mut self, n: i64) {
+        if n < 0 {
+            self.byte(b'-');
+        }
+        self.u64_value(n.unsigned_abs());
+    }
+}
+
+/// Where float text goes: the writer, or a plain Vec in tests.
+trait ByteSink {
+    fn put(&mut self, bytes: &[u8]);
+}
+
+impl ByteSink for Writer<'_> {
+    fn put(&mut self, bytes: &[u8]) {
+        self.bytes(bytes);
+    }
+}
+
+impl ByteSink for Vec<u8> {
+    fn put(&mut self, bytes: &[u8]) {
+        self.extend_from_slice(bytes);
     }
 }
 
@@ -661,38 +832,12 @@ const ESCAPES: [u8; 256] = {
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
-/// Writes `s` as a JSON string: runs of plain bytes are copied in one go.
-fn push_str(out: &mut Vec<u8>, s: &str) {
-    let bytes = s.as_bytes();
-    out.reserve(bytes.len() + 2);
-    out.push(b'"');
-    let mut run_start = 0;
-    for (i, &b) in bytes.iter().enumerate() {
-        let escape = ESCAPES[usize::from(b)];
-        if escape == 0 {
-            continue;
-        }
-        out.extend_from_slice(&bytes[run_start..i]);
-        if escape == b'u' {
-            out.extend_from_slice(b"\\u00");
-            out.push(HEX[usize::from(b >> 4)]);
-            out.push(HEX[usize::from(b & 0xf)]);
-        } else {
-            out.push(b'\\');
-            out.push(escape);
-        }
-        run_start = i + 1;
-    }
-    out.extend_from_slice(&bytes[run_start..]);
-    out.push(b'"');
-}
-
 /// Standard base64 with padding, as MessageToDict writes `bytes` fields. gtfs-realtime.proto has no
 /// `bytes` field today; this is here, tested, for the day one is added.
 #[cfg_attr(not(test), allow(dead_code))]
-fn push_base64(out: &mut Vec<u8>, bytes: &[u8]) {
+fn push_base64(out: &mut impl ByteSink, bytes: &[u8]) {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    out.push(b'"');
+    out.put(b"\"");
     for chunk in bytes.chunks(3) {
         let b = [
             chunk[0],
@@ -700,15 +845,13 @@ fn push_base64(out: &mut Vec<u8>, bytes: &[u8]) {
             chunk.get(2).copied().unwrap_or(0),
         ];
         let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(ALPHABET[(n >> (18 - 6 * i) & 0x3f) as usize]);
-            } else {
-                out.push(b'=');
-            }
+        let mut quad = [b'='; 4];
+        for (i, out_byte) in quad.iter_mut().enumerate().take(chunk.len() + 1) {
+            *out_byte = ALPHABET[(n >> (18 - 6 * i) & 0x3f) as usize];
         }
+        out.put(&quad);
     }
-    out.push(b'"');
+    out.put(b"\"");
 }
 
 // Integers.
@@ -719,40 +862,32 @@ const DIGIT_PAIRS: &[u8; 200] = b"0001020304050607080910111213141516171819\
 6061626364656667686970717273747576777879\
 8081828384858687888990919293949596979899";
 
-fn push_u64(out: &mut Vec<u8>, mut n: u64) {
-    let len = n.checked_ilog10().unwrap_or(0) as usize + 1;
-    let mut buf = [0u8; 20];
-    let mut pos = len;
-    while n >= 100 {
+fn decimal_len(n: u64) -> usize {
+    n.checked_ilog10().unwrap_or(0) as usize + 1
+}
+
+/// Fills `digits`, which is `decimal_len(n)` long, with `n` in decimal.
+fn write_digits(mut n: u64, digits: &mut [u8]) {
+    let mut pos = digits.len();
+    while n >= 100 && pos >= 2 {
         let pair = (n % 100) as usize * 2;
         n /= 100;
         pos -= 2;
-        buf[pos..pos + 2].copy_from_slice(&DIGIT_PAIRS[pair..pair + 2]);
+        digits[pos..pos + 2].copy_from_slice(&DIGIT_PAIRS[pair..pair + 2]);
     }
-    if n >= 10 {
+    if n >= 10 && pos >= 2 {
         let pair = n as usize * 2;
-        buf[..2].copy_from_slice(&DIGIT_PAIRS[pair..pair + 2]);
-    } else {
-        buf[0] = b'0' + n as u8;
+        digits[pos - 2..pos].copy_from_slice(&DIGIT_PAIRS[pair..pair + 2]);
+    } else if pos >= 1 {
+        digits[pos - 1] = b'0' + (n % 10) as u8;
     }
-    // A fixed-size copy and a trim, as for keys (see KeyText).
-    let end = out.len() + len;
-    out.extend_from_slice(&buf);
-    out.truncate(end);
-}
-
-fn push_i64(out: &mut Vec<u8>, n: i64) {
-    if n < 0 {
-        out.push(b'-');
-    }
-    push_u64(out, n.unsigned_abs());
 }
 
 // Floating point.
 
 /// An f32 as protobuf Python prints it: `ToShortestFloat` (`'%.{p}g'` for p = 6, 7, ... until the
 /// text reads back, through f64, as the same f32), then Python's repr of that value.
-fn push_f32(out: &mut Vec<u8>, value: f32) {
+fn push_f32(out: &mut impl ByteSink, value: f32) {
     if !value.is_finite() {
         return push_non_finite(out, value.is_nan(), value < 0.0);
     }
@@ -770,7 +905,7 @@ fn push_f32(out: &mut Vec<u8>, value: f32) {
 }
 
 /// An f64 as Python's repr: the shortest text that reads back as the same f64.
-fn push_f64(out: &mut Vec<u8>, value: f64) {
+fn push_f64(out: &mut impl ByteSink, value: f64) {
     if !value.is_finite() {
         return push_non_finite(out, value.is_nan(), value < 0.0);
     }
@@ -788,18 +923,18 @@ fn push_f64(out: &mut Vec<u8>, value: f64) {
     push_python_repr(out, text.as_str());
 }
 
-fn push_non_finite(out: &mut Vec<u8>, nan: bool, negative: bool) {
+fn push_non_finite(out: &mut impl ByteSink, nan: bool, negative: bool) {
     let text: &[u8] = match (nan, negative) {
         (true, _) => b"\"NaN\"",
         (false, false) => b"\"Infinity\"",
         (false, true) => b"\"-Infinity\"",
     };
-    out.extend_from_slice(text);
+    out.put(text);
 }
 
 /// Lays out Rust scientific text (`-1.2345e-5`, `3e0`) the way Python's float repr does: positional
 /// with at least one fractional digit for 1e-4 <= |x| < 1e16, else `d.ddde±XX`.
-fn push_python_repr(out: &mut Vec<u8>, sci: &str) {
+fn push_python_repr(out: &mut impl ByteSink, sci: &str) {
     let (mantissa, exponent) = sci.split_once('e').unwrap_or((sci, "0"));
     let (negative, mantissa) = match mantissa.strip_prefix('-') {
         Some(rest) => (true, rest),
@@ -820,7 +955,7 @@ fn push_python_repr(out: &mut Vec<u8>, sci: &str) {
     }
     let digits = &digits[..n_digits.max(1)];
     if negative {
-        out.push(b'-');
+        out.put(b"-");
     }
     // Python's rule: positional when the decimal point falls within -4 < decpt <= 16.
     let decpt = exponent + 1;
@@ -831,37 +966,42 @@ fn push_python_repr(out: &mut Vec<u8>, sci: &str) {
     }
 }
 
-fn push_positional(out: &mut Vec<u8>, digits: &[u8], decpt: i32) {
+const ZEROS: &[u8; 16] = b"0000000000000000";
+
+fn push_positional(out: &mut impl ByteSink, digits: &[u8], decpt: i32) {
+    // decpt is within -3..=16 and digits has at most 17 elements, so every zero run is < 16.
     let n = digits.len() as i32;
     if decpt <= 0 {
-        out.extend_from_slice(b"0.");
-        out.extend(std::iter::repeat_n(b'0', (-decpt) as usize));
-        out.extend_from_slice(digits);
+        out.put(b"0.");
+        out.put(&ZEROS[..(-decpt) as usize]);
+        out.put(digits);
     } else if decpt >= n {
-        out.extend_from_slice(digits);
-        out.extend(std::iter::repeat_n(b'0', (decpt - n) as usize));
-        out.extend_from_slice(b".0");
+        out.put(digits);
+        out.put(&ZEROS[..(decpt - n) as usize]);
+        out.put(b".0");
     } else {
         let (int_part, frac_part) = digits.split_at(decpt as usize);
-        out.extend_from_slice(int_part);
-        out.push(b'.');
-        out.extend_from_slice(frac_part);
+        out.put(int_part);
+        out.put(b".");
+        out.put(frac_part);
     }
 }
 
-fn push_exponential(out: &mut Vec<u8>, digits: &[u8], exponent: i32) {
-    out.push(digits[0]);
+fn push_exponential(out: &mut impl ByteSink, digits: &[u8], exponent: i32) {
+    out.put(&digits[..1]);
     if digits.len() > 1 {
-        out.push(b'.');
-        out.extend_from_slice(&digits[1..]);
+        out.put(b".");
+        out.put(&digits[1..]);
     }
-    out.push(b'e');
-    out.push(if exponent < 0 { b'-' } else { b'+' });
-    let magnitude = exponent.unsigned_abs();
+    out.put(if exponent < 0 { b"e-" } else { b"e+" });
+    let magnitude = u64::from(exponent.unsigned_abs());
+    let mut text = [0u8; 20];
+    let text = &mut text[..decimal_len(magnitude)];
+    write_digits(magnitude, text);
     if magnitude < 10 {
-        out.push(b'0');
+        out.put(b"0");
     }
-    push_u64(out, u64::from(magnitude));
+    out.put(text);
 }
 
 /// Stack buffer for Rust's scientific formatting of one float (at most 25 bytes: `-d.<16 digits>e-324`).
@@ -876,10 +1016,10 @@ impl SciBuf {
         self.len = 0;
     }
 
-    /// `value` correctly rounded to `precision` significant digits, like C's `%.{precision}e`.
+    /// `value` correctly rounded (ties to even) to `precision` significant digits, like C's `%.{p-1}e`.
     fn format_rounded(&mut self, value: f64, precision: usize) {
         // Writing into SciBuf only fails on overflow, which 32 bytes rule out for any f64.
-        let _ = write!(self, "{:.*e}", precision - 1, value);
+        let _ = write!(self, "{:.*e}", precision.saturating_sub(1), value);
     }
 
     /// The fewest digits that read back as `value`.
@@ -1037,6 +1177,22 @@ mod tests {
         String::from_utf8(out).expect("UTF-8 output")
     }
 
+    /// What `write` puts through a Writer, flushed.
+    fn render(write: impl FnOnce(&mut Writer<'_>)) -> String {
+        text(|out| {
+            let mut w = Writer::new(out, FieldNames::Proto);
+            write(&mut w);
+            w.flush();
+        })
+    }
+
+    /// One message as an object with proto names, without the member separator.
+    fn render_object<T>(msg: &T, fields: fn(&mut Writer<'_>, &T)) -> String {
+        let mut text = render(|w| w.object(msg, fields));
+        assert_eq!(text.pop(), Some(','));
+        text
+    }
+
     fn check_f32(value: f32, expected: &str) {
         assert_eq!(text(|o| push_f32(o, value)), expected, "f32 {value:e}");
     }
@@ -1100,7 +1256,7 @@ mod tests {
     }
 
     fn check_str(input: &str, expected: &str) {
-        let written = text(|o| push_str(o, input));
+        let written = render(|w| w.str_value(input));
         assert_eq!(written, expected, "escaping {input:?}");
         let parsed: String = serde_json::from_str(&written).expect("valid JSON string");
         assert_eq!(parsed, input, "round trip of {input:?}");
@@ -1122,13 +1278,40 @@ mod tests {
     }
 
     #[test]
+    fn long_strings_cross_stage_flushes_intact() {
+        // Every byte class, repeated past several stage sizes: the same escaping as serde_json's,
+        // which spells escapes as Python does.
+        let unit = "ab\"\\\n\u{1}\u{1f}é東🚋\u{2028}x";
+        let long: String = unit.repeat(3000);
+        let expected = serde_json::to_string(&long).expect("serializable");
+        let written = render(|w| {
+            w.bytes(b"[");
+            w.str_value(&long);
+            w.bytes(b",");
+            w.str_value(unit);
+            w.bytes(b"]");
+        });
+        let unit_json = serde_json::to_string(unit).expect("serializable");
+        assert_eq!(written, format!("[{expected},{unit_json}]"));
+    }
+
+    #[test]
+    fn transcode_failure_leaves_the_buffer_as_it_was() {
+        let mut out = b"kept".to_vec();
+        let bad = [0x0a, 0x02, 0x0a, 0x00, 0x12, 0x03, 0x0a, 0x05];
+        let err = transcode_feed(&mut out, &bad, FieldNames::Proto, None).expect_err("truncated");
+        assert_eq!(out, b"kept");
+        assert_eq!(Err(err), crate::decode::decode_feed(&bad).map(|_| ()));
+    }
+
+    #[test]
     fn integers_64_bit_quoted_32_bit_bare() {
         let header = FeedHeader {
             timestamp: Some(u64::MAX),
             ..Default::default()
         };
         assert_eq!(
-            text(|o| w_object(o, &header, super::header)),
+            render_object(&header, super::header),
             r#"{"timestamp":"18446744073709551615"}"#
         );
         let event = StopTimeEvent {
@@ -1138,20 +1321,13 @@ mod tests {
             scheduled_time: Some(i64::MIN),
         };
         assert_eq!(
-            text(|o| w_object(o, &event, stop_time_event)),
+            render_object(&event, stop_time_event),
             r#"{"delay":-2147483648,"time":"9223372036854775807","uncertainty":0,"scheduled_time":"-9223372036854775808"}"#
         );
         for (n, expected) in [(0u64, "0"), (9, "9"), (10, "10"), (99, "99"), (100, "100")] {
-            assert_eq!(text(|o| push_u64(o, n)), expected);
+            assert_eq!(render(|w| w.u64_value(n)), expected);
         }
-        assert_eq!(text(|o| push_i64(o, i64::MIN)), "-9223372036854775808");
-    }
-
-    /// Writes one message as an object with proto names.
-    fn w_object<T>(out: &mut Vec<u8>, msg: &T, fields: fn(&mut Writer<'_>, &T)) {
-        let mut w = Writer::new(out, FieldNames::Proto);
-        w.object(msg, fields);
-        out.pop(); // the member separator `object` adds
+        assert_eq!(render(|w| w.i64_value(i64::MIN)), "-9223372036854775808");
     }
 
     #[test]
@@ -1162,7 +1338,7 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            text(|o| w_object(o, &header, super::header)),
+            render_object(&header, super::header),
             r#"{"gtfs_realtime_version":"2.0"}"#
         );
         let trip = TripDescriptor {
@@ -1170,7 +1346,7 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            text(|o| w_object(o, &trip, trip_descriptor)),
+            render_object(&trip, trip_descriptor),
             r#"{"schedule_relationship":"ADDED"}"#
         );
     }
@@ -1195,10 +1371,7 @@ mod tests {
             trip: Some(TripDescriptor::default()),
             ..Default::default()
         };
-        assert_eq!(
-            text(|o| w_object(o, &update, trip_update)),
-            r#"{"trip":{}}"#
-        );
+        assert_eq!(render_object(&update, trip_update), r#"{"trip":{}}"#);
         let alert = Alert {
             header_text: Some(TranslatedString {
                 translation: vec![Translation::default()],
@@ -1207,7 +1380,7 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            text(|o| w_object(o, &alert, super::alert)),
+            render_object(&alert, super::alert),
             r#"{"header_text":{"translation":[{}]},"description_text":{}}"#
         );
     }

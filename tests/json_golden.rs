@@ -1,4 +1,4 @@
-//! Golden tests of `json::write_feed`/`write_entity`: every fixture decoded and written must equal, byte for byte,
+//! Golden tests of `json::write_feed`/`transcode_feed`/`write_entity`: every fixture decoded and written must equal, byte for byte,
 //! what Python's protobuf `MessageToDict` + `json.dumps` gave (tests/golden/generate.py wrote those files).
 //!
 //! Byte equality also pins key order and number spelling (`35.0` vs `35`, `1e-05`); on a mismatch the
@@ -8,7 +8,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use gtfs_rt_kafka::decode::decode_feed;
-use gtfs_rt_kafka::json::{write_entity, write_feed, FieldNames};
+use gtfs_rt_kafka::json::{transcode_feed, write_entity, write_feed, FieldNames};
 use serde_json::Value;
 
 const FIXTURE_DIRS: [&str; 2] = ["tests/fixtures/gtfs-rt", "tests/golden/synthetic"];
@@ -55,6 +55,17 @@ fn convert(pb: &Path, names: FieldNames) -> Vec<u8> {
     let feed = decode_feed(&body).unwrap_or_else(|e| panic!("{}: {e}", pb.display()));
     let mut out = Vec::new();
     write_feed(&mut out, &feed, names, None);
+    out
+}
+
+/// The same document through the entity-at-a-time path.
+fn transcode(pb: &Path, names: FieldNames) -> Vec<u8> {
+    let body = fs::read(pb).unwrap_or_else(|e| panic!("{}: {e}", pb.display()));
+    let mut out = Vec::new();
+    let n_entities = transcode_feed(&mut out, &body, names, None)
+        .unwrap_or_else(|e| panic!("{}: {e}", pb.display()));
+    let feed = decode_feed(&body).expect("fixture decodes");
+    assert_eq!(n_entities, feed.entity.len(), "{}", pb.display());
     out
 }
 
@@ -143,10 +154,16 @@ fn write_feed_matches_python_goldens() {
         if let Some(diff) = compare(&convert(pb, FieldNames::Proto), &expected) {
             failures.push(format!("{name}.json: {diff}"));
         }
+        if let Some(diff) = compare(&transcode(pb, FieldNames::Proto), &expected) {
+            failures.push(format!("{name}.json, transcode_feed: {diff}"));
+        }
         if let Some(expected) = golden(&format!("{name}.camel.json")) {
             n_camel += 1;
             if let Some(diff) = compare(&convert(pb, FieldNames::Camel), &expected) {
                 failures.push(format!("{name}.camel.json: {diff}"));
+            }
+            if let Some(diff) = compare(&transcode(pb, FieldNames::Camel), &expected) {
+                failures.push(format!("{name}.camel.json, transcode_feed: {diff}"));
             }
         }
     }
