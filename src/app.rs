@@ -9,14 +9,14 @@
 use std::fmt;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::config::Config;
-use crate::decode::{decode_feed, DecodeError};
+use crate::config::{Config, Mode, RecordTimestamp};
+use crate::decode::{decode_entities, DecodeError};
 use crate::fetch::{FetchError, Fetcher};
-use crate::json::{write_feed, Envelope, FieldNames};
+use crate::json::{transcode_feed, write_entity, Envelope, FieldNames};
 use crate::notify::Notifier;
-use crate::queue::{Queue, Snapshot};
+use crate::queue::{Queue, RecordSpan, Snapshot};
 use crate::signals::Signals;
-use crate::sink::{Landed, Sink, SinkError};
+use crate::sink::{Landed, OutRecord, Sink, SinkError};
 use crate::spool::Spool;
 
 /// The most document bytes sent in one produce request when catching up. Kept under the
@@ -27,25 +27,28 @@ const MIN_SEND_WINDOW: Duration = Duration::from_millis(100);
 const RETRY_BASE: Duration = Duration::from_millis(250);
 const RETRY_MAX: Duration = Duration::from_secs(5);
 
-/// Turns fetched bytes into the document to send.
+/// Turns fetched bytes into the records to send.
 pub struct Pipeline {
     fetcher: Fetcher,
     names: FieldNames,
+    mode: Mode,
+    record_timestamp: RecordTimestamp,
     source_id: String,
     event_type: String,
-    /// Size of the last document, to allocate the next one in one go.
-    last_document_len: usize,
+    /// Size of the last payload, to allocate the next one in one go.
+    last_payload_len: usize,
 }
 
 /// What one successful fetch + convert produced.
 #[derive(Debug)]
 pub struct Polled {
-    pub document: Vec<u8>,
-    pub document_bytes: usize,
+    pub payload: Vec<u8>,
+    pub records: Vec<RecordSpan>,
     pub timestamp_ms: i64,
     pub wire_bytes: u64,
     pub entities: usize,
     pub feed_timestamp: Option<u64>,
+    pub document_bytes: usize,
 }
 
 #[derive(Debug)]
@@ -70,20 +73,23 @@ impl Pipeline {
         Pipeline {
             fetcher: Fetcher::new(&config.fetch),
             names: config.names,
+            mode: config.mode,
+            record_timestamp: config.record_timestamp,
             source_id: config.source_id.clone(),
             event_type: config.event_type.clone(),
-            last_document_len: 0,
+            last_payload_len: 0,
         }
     }
 
     /// Fetches, decodes and converts one snapshot. `producer_timestamp` is taken here, right
-    /// before the document is written: the moment it is handed on for sending.
+    /// before the documents are written: the moment they are handed on for sending.
     pub fn poll(&mut self) -> Result<Polled, PollError> {
         let fetched = self.fetcher.fetch().map_err(PollError::Fetch)?;
-        let feed = decode_feed(&fetched.body).map_err(|error| PollError::Decode {
+        let decode_error = |error| PollError::Decode {
             url: self.fetcher.redacted_url().to_string(),
             error,
-        })?;
+        };
+        let feed = decode_entities(&fetched.body).map_err(decode_error)?;
         let sent_at = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
@@ -92,22 +98,70 @@ impl Pipeline {
             source_id: &self.source_id,
             event_type: &self.event_type,
         };
-        let mut document = Vec::with_capacity(self.last_document_len + 4096);
-        write_feed(&mut document, &feed, self.names, Some(&envelope));
-        self.last_document_len = document.len();
+        let feed_timestamp = feed.header().timestamp;
+        let send_ms = i64::try_from(sent_at.as_millis()).unwrap_or(i64::MAX);
+        let timestamp_ms = match (self.record_timestamp, feed_timestamp) {
+            (RecordTimestamp::Feed, Some(ts)) => {
+                i64::try_from(ts.saturating_mul(1000)).unwrap_or(send_ms)
+            }
+            _ => send_ms,
+        };
+        let mut payload = Vec::with_capacity(self.last_payload_len + 4096);
+        let records = match self.mode {
+            Mode::Feed => {
+                transcode_feed(&mut payload, &fetched.body, self.names, Some(&envelope))
+                    .map_err(decode_error)?;
+                vec![span(None, 0, payload.len())]
+            }
+            Mode::Entity => {
+                let mut records = Vec::with_capacity(feed.len());
+                feed.try_for_each(|entity| {
+                    // The key is the entity id; an entity without one gets a null key.
+                    let key_start = entity.id.as_ref().map(|id| {
+                        let start = payload.len();
+                        payload.extend_from_slice(id.as_bytes());
+                        start
+                    });
+                    let value_start = payload.len();
+                    write_entity(
+                        &mut payload,
+                        feed.header(),
+                        entity,
+                        self.names,
+                        Some(&envelope),
+                    );
+                    records.push(span(key_start, value_start, payload.len()));
+                })
+                .map_err(decode_error)?;
+                records
+            }
+        };
+        self.last_payload_len = payload.len();
         log::debug!(
-            "decoded {} entities; document is {} bytes",
-            feed.entity.len(),
-            document.len()
+            "decoded {} entities; {} records, {} bytes",
+            feed.len(),
+            records.len(),
+            payload.len()
         );
         Ok(Polled {
-            document_bytes: document.len(),
-            document,
-            timestamp_ms: i64::try_from(sent_at.as_millis()).unwrap_or(i64::MAX),
+            document_bytes: payload.len(),
+            payload,
+            records,
+            timestamp_ms,
             wire_bytes: fetched.wire_bytes,
-            entities: feed.entity.len(),
-            feed_timestamp: feed.header.as_ref().and_then(|h| h.timestamp),
+            entities: feed.len(),
+            feed_timestamp,
         })
+    }
+}
+
+/// A record's span from offsets in the payload: key from `key_start` to `value_start`.
+fn span(key_start: Option<usize>, value_start: usize, end: usize) -> RecordSpan {
+    // Payloads are far below 4 GiB (MAX_BODY_BYTES), so offsets fit in u32.
+    let at = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+    RecordSpan {
+        key: key_start.map(|k| (at(k), at(value_start - k))),
+        value: (at(value_start), at(end - value_start)),
     }
 }
 
@@ -125,6 +179,8 @@ pub struct Stats {
     pub dropped: u64,
     /// Snapshots the broker refused for what they are (too large, invalid).
     pub rejected: u64,
+    /// Single entity records refused (entity mode); the rest of their snapshot went out.
+    pub rejected_records: u64,
     /// Snapshots still unsent at exit: kept in the spool, or lost without one.
     pub unsent: u64,
     pub spool_errors: u64,
@@ -218,6 +274,12 @@ pub fn retry_delay(failures: u32, noise: u64) -> Duration {
     let capped = exp.min(RETRY_MAX);
     let jitter = (noise % 501) as f64 / 1000.0 + 0.75;
     capped.mul_f64(jitter)
+}
+
+/// What one successful send attempt delivered.
+struct Sent {
+    records: usize,
+    last: Option<Landed>,
 }
 
 /// Result of `run`: counters and whether the last poll was delivered (for `--once`).
@@ -350,12 +412,12 @@ impl<'a> Runner<'a> {
         let backlog = self.queue.len();
         let seq = self.next_seq;
         self.next_seq += 1;
-        let snapshot = Snapshot {
+        let snapshot = Snapshot::new(
             seq,
-            document: std::mem::take(&mut polled.document),
-            timestamp_ms: polled.timestamp_ms,
-            spooled: false,
-        };
+            std::mem::take(&mut polled.payload),
+            std::mem::take(&mut polled.records),
+            polled.timestamp_ms,
+        );
         self.enqueue(snapshot);
         let now_unix = unix_now();
         if backlog > 0 {
@@ -371,35 +433,38 @@ impl<'a> Runner<'a> {
                 Err(line)
             };
         }
-        match self.send_head(deadline) {
-            Ok(landed) => {
-                let last = landed.last().cloned().unwrap_or(Landed::Stdout);
-                let line = describe(&polled, &last, started.elapsed(), now_unix);
-                log::info!("{line}");
-                Ok(line)
-            }
-            Err(e) => {
-                let line = format!(
-                    "poll ok: {}; not delivered yet ({} queued): {e}",
-                    describe_poll(&polled, now_unix),
-                    self.queue.len()
-                );
-                log::warn!("{line}");
-                Err(line)
+        // Entity mode may need several requests for one snapshot.
+        let mut last = None;
+        while !self.queue.is_empty() {
+            match self.send_batch(deadline) {
+                Ok(sent) => last = sent.last.or(last),
+                Err(e) => {
+                    let line = format!(
+                        "poll ok: {}; not delivered yet ({} queued): {e}",
+                        describe_poll(&polled, now_unix),
+                        self.queue.len()
+                    );
+                    log::warn!("{line}");
+                    return Err(line);
+                }
             }
         }
+        let last = last.unwrap_or(Landed::Stdout);
+        let line = describe(&polled, &last, started.elapsed(), now_unix);
+        log::info!("{line}");
+        Ok(line)
     }
 
     /// Sends queued snapshots oldest-first until the queue is empty, an attempt fails, or
     /// the deadline comes.
     fn send_backlog(&mut self, deadline: Instant) {
         while !self.queue.is_empty() && Instant::now() < deadline {
-            match self.send_head(deadline) {
-                Ok(landed) => {
-                    if let (Some(first), Some(last)) = (landed.first(), landed.last()) {
+            match self.send_batch(deadline) {
+                Ok(sent) => {
+                    if let Some(last) = sent.last {
                         log::info!(
-                            "delivered {} queued snapshots ({first} .. {last}); {} still queued",
-                            landed.len(),
+                            "delivered {} queued records (last {last}); {} snapshots still queued",
+                            sent.records,
                             self.queue.len()
                         );
                     }
@@ -412,57 +477,105 @@ impl<'a> Runner<'a> {
         }
     }
 
-    /// One send attempt of the queue's head. Success pops (and unspools) what landed;
-    /// failure schedules the next attempt, or drops a snapshot the broker can never accept.
-    fn send_head(&mut self, deadline: Instant) -> Result<Vec<Landed>, SinkError> {
-        let max_items = self.retry_batch.unwrap_or(usize::MAX);
-        let head = self.queue.head(MAX_SEND_BYTES, max_items);
-        let count = head.len();
-        match self.sink.deliver(head, deadline) {
-            Ok(landed) => {
-                self.stats.delivered += count as u64;
-                self.failures = 0;
-                self.retry_at = None;
-                self.retry_batch = None;
-                for s in self.queue.pop(count) {
-                    self.unspool(&s);
-                }
-                Ok(landed)
+    /// One send attempt of the queue's next records. What landed is acknowledged (finished
+    /// snapshots leave the queue and the spool); on failure the same undelivered records
+    /// are retried later, and a record the broker can never accept is set aside.
+    fn send_batch(&mut self, deadline: Instant) -> Result<Sent, SinkError> {
+        let max_records = self.retry_batch.unwrap_or(usize::MAX);
+        let batch = self.queue.next_batch(MAX_SEND_BYTES, max_records);
+        let records: Vec<OutRecord<'_>> = batch
+            .iter()
+            .filter_map(|&(si, ri)| {
+                let snapshot = self.queue.get(si)?;
+                let (key, value) = snapshot.record(ri);
+                Some(OutRecord {
+                    key,
+                    value,
+                    timestamp_ms: snapshot.timestamp_ms,
+                })
+            })
+            .collect();
+        let (landed, error) = self.sink.deliver(&records, deadline);
+        drop(records);
+        let acked: Vec<(usize, u32)> = batch
+            .iter()
+            .zip(&landed)
+            .filter_map(|(b, l)| l.as_ref().map(|_| *b))
+            .collect();
+        let sent = Sent {
+            records: acked.len(),
+            last: landed.iter().rev().flatten().next().cloned(),
+        };
+        for s in self.queue.acknowledge(&acked) {
+            self.stats.delivered += 1;
+            self.unspool(&s);
+        }
+        let Some(e) = error else {
+            self.failures = 0;
+            self.retry_at = None;
+            self.retry_batch = None;
+            return Ok(sent);
+        };
+        let unacked = batch.len() - acked.len();
+        if e.rejects_data() && unacked == 1 {
+            let refused = batch
+                .iter()
+                .zip(&landed)
+                .find_map(|(b, l)| l.is_none().then_some(*b));
+            self.set_aside(refused, &e);
+            self.retry_batch = None;
+            return Err(e);
+        }
+        self.stats.delivery_errors += 1;
+        self.failures += 1;
+        // A batch refused for size is retried one record at a time at once; otherwise the
+        // same undelivered records are resent after a backoff.
+        let delay = if e.rejects_data() {
+            self.retry_batch = Some(1);
+            Duration::ZERO
+        } else {
+            self.retry_batch = Some(unacked.max(1));
+            retry_delay(self.failures, jitter_noise())
+        };
+        self.retry_at = Some(Instant::now() + delay);
+        Err(e)
+    }
+
+    /// Takes a record the broker refused for what it is out of the queue: a whole feed-mode
+    /// snapshot (kept in the spool's rejected/), or one entity of an entity-mode snapshot.
+    fn set_aside(&mut self, refused: Option<(usize, u32)>, e: &SinkError) {
+        let Some((si, ri)) = refused else { return };
+        let single = self.queue.get(si).is_some_and(|s| s.records.len() == 1);
+        if single && si == 0 {
+            self.stats.rejected += 1;
+            if let Some(s) = self.queue.pop_front() {
+                let kept = self.keep_rejected(&s);
+                log::error!(
+                    "snapshot {} ({} bytes of JSON) refused by the broker, {kept}: {e}",
+                    s.seq,
+                    s.payload.len()
+                );
             }
-            Err(e) if e.rejects_data() && count == 1 => {
-                self.stats.rejected += 1;
-                self.retry_batch = None;
-                for s in self.queue.pop(1) {
-                    let kept = self.keep_rejected(&s);
-                    log::error!(
-                        "snapshot {} ({} bytes of JSON) refused by the broker, {kept}: {e}",
-                        s.seq,
-                        s.document.len()
-                    );
-                }
-                Err(e)
-            }
-            Err(e) => {
-                self.stats.delivery_errors += 1;
-                self.failures += 1;
-                // A batch refused for size is retried one snapshot at a time at once.
-                let delay = if e.rejects_data() {
-                    self.retry_batch = Some(1);
-                    Duration::ZERO
-                } else {
-                    self.retry_batch = Some(count);
-                    retry_delay(self.failures, jitter_noise())
-                };
-                self.retry_at = Some(Instant::now() + delay);
-                Err(e)
-            }
+            return;
+        }
+        self.stats.rejected_records += 1;
+        if let Some(s) = self.queue.get(si) {
+            log::error!(
+                "record {ri} of snapshot {} ({} bytes) refused by the broker and dropped: {e}",
+                s.seq,
+                s.record_len(ri)
+            );
+        }
+        for done in self.queue.acknowledge(&[(si, ri)]) {
+            self.stats.delivered += 1;
+            self.unspool(&done);
         }
     }
 
     /// On stop: try to deliver what is queued before `deadline`; account for the rest.
     fn drain(&mut self, deadline: Instant) {
         while !self.queue.is_empty() && Instant::now() < deadline {
-            if self.send_head(deadline).is_err() {
+            if self.send_batch(deadline).is_err() {
                 let wait = self.retry_at.map_or(Duration::ZERO, |t| {
                     t.saturating_duration_since(Instant::now())
                 });
@@ -615,7 +728,8 @@ mod tests {
     #[test]
     fn poll_line_names_everything() {
         let polled = Polled {
-            document: Vec::new(),
+            payload: Vec::new(),
+            records: Vec::new(),
             document_bytes: 9000,
             timestamp_ms: 0,
             wire_bytes: 2048,

@@ -55,6 +55,20 @@ pub enum SinkKind {
     Stdout,
 }
 
+/// One record per poll (the Python producer's shape) or one per entity, keyed by its id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Feed,
+    Entity,
+}
+
+/// Kafka record timestamp: when it was sent, or the feed's `header.timestamp` (event time).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordTimestamp {
+    Send,
+    Feed,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AcksSetting {
     All,
@@ -101,6 +115,8 @@ pub struct Config {
     pub source_id: String,
     pub event_type: String,
     pub names: FieldNames,
+    pub mode: Mode,
+    pub record_timestamp: RecordTimestamp,
     pub once: bool,
     /// How long one poll's delivery may retry before the poll counts as failed.
     pub delivery_timeout: Duration,
@@ -144,6 +160,8 @@ const SETTINGS: &[Setting] = &[
     s(Some("EVENT_TYPE"), "--event-type"),
     s(Some("SINK"), "--sink"),
     s(Some("JSON_NAMES"), "--json-names"),
+    s(Some("MODE"), "--mode"),
+    s(Some("RECORD_TIMESTAMP"), "--record-timestamp"),
     s(Some("KAFKA_ACKS"), "--acks"),
     s(Some("KAFKA_COMPRESSION"), "--compression"),
     s(Some("KAFKA_REQUEST_TIMEOUT"), "--kafka-request-timeout"),
@@ -381,6 +399,14 @@ fn run_config(raw: &Raw) -> Result<Config, ConfigError> {
         source_id: raw.string("--source-id", Defaults::SOURCE_ID),
         event_type: raw.string("--event-type", Defaults::EVENT_TYPE),
         names: raw.typed("--json-names", FieldNames::Proto, parse_names)?,
+        mode: raw.typed("--mode", Mode::Feed, parse_mode)?,
+        record_timestamp: raw.typed("--record-timestamp", RecordTimestamp::Send, |v| {
+            match v.to_ascii_lowercase().as_str() {
+                "send" => Ok(RecordTimestamp::Send),
+                "feed" => Ok(RecordTimestamp::Feed),
+                _ => Err(format!("{v:?} is not one of send, feed")),
+            }
+        })?,
         once: raw.has_switch("--once"),
         delivery_timeout: raw.typed(
             "--delivery-timeout",
@@ -566,6 +592,14 @@ fn parse_sink(v: &str) -> Result<SinkKind, String> {
     }
 }
 
+fn parse_mode(v: &str) -> Result<Mode, String> {
+    match v.to_ascii_lowercase().as_str() {
+        "feed" => Ok(Mode::Feed),
+        "entity" => Ok(Mode::Entity),
+        _ => Err(format!("{v:?} is not one of feed, entity")),
+    }
+}
+
 fn parse_names(v: &str) -> Result<FieldNames, String> {
     match v.to_ascii_lowercase().as_str() {
         "proto" | "snake" => Ok(FieldNames::Proto),
@@ -608,6 +642,10 @@ DOCUMENT
     --source-id ID             SOURCE_ID          [default: toei_vehicle_api]
     --event-type TYPE          EVENT_TYPE         [default: gtfs_realtime_vehicle]
     --json-names proto|camel   JSON_NAMES         field names [default: proto]
+    --mode feed|entity         MODE               one record per poll, or one per entity keyed by id
+                                                  (header copied into each) [default: feed]
+    --record-timestamp send|feed RECORD_TIMESTAMP Kafka record time: send time or header.timestamp
+                                                  [default: send]
 
 KAFKA
     --sink kafka|stdout        SINK               stdout: one JSON document per line [default: kafka]

@@ -8,7 +8,6 @@ use std::time::Instant;
 
 use crate::config::{AcksSetting, CompressionSetting, KafkaSettings};
 use crate::kafka::{Acks, Compression, KafkaError, Producer, ProducerConfig, Record};
-use crate::queue::Snapshot;
 
 /// Where a document landed, for the poll's log line.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,14 +69,21 @@ impl SinkError {
     }
 }
 
+/// One record to deliver.
+#[derive(Debug, Clone, Copy)]
+pub struct OutRecord<'a> {
+    pub key: Option<&'a [u8]>,
+    pub value: &'a [u8],
+    pub timestamp_ms: i64,
+}
+
+/// What a delivery attempt did: where each record landed (None: not acknowledged), and the
+/// error if any record is missing.
+pub type Delivered = (Vec<Option<Landed>>, Option<SinkError>);
+
 pub trait Sink {
-    /// Delivers snapshots in order (no key), retrying as the sink sees fit until `deadline`;
-    /// one `Landed` per snapshot.
-    fn deliver(
-        &mut self,
-        snapshots: &[Snapshot],
-        deadline: Instant,
-    ) -> Result<Vec<Landed>, SinkError>;
+    /// Delivers records in order, retrying as the sink sees fit until `deadline`.
+    fn deliver(&mut self, records: &[OutRecord<'_>], deadline: Instant) -> Delivered;
 }
 
 pub struct KafkaSink {
@@ -114,31 +120,29 @@ impl KafkaSink {
 }
 
 impl Sink for KafkaSink {
-    fn deliver(
-        &mut self,
-        snapshots: &[Snapshot],
-        deadline: Instant,
-    ) -> Result<Vec<Landed>, SinkError> {
-        let records: Vec<Record<'_>> = snapshots
+    fn deliver(&mut self, records: &[OutRecord<'_>], deadline: Instant) -> Delivered {
+        let records: Vec<Record<'_>> = records
             .iter()
-            .map(|s| Record {
-                key: None,
-                value: &s.document,
-                timestamp_ms: s.timestamp_ms,
+            .map(|r| Record {
+                key: r.key,
+                value: r.value,
+                timestamp_ms: r.timestamp_ms,
             })
             .collect();
-        let deliveries = self
+        let (landed, error) = self
             .producer
-            .produce(&self.topic, &records, deadline)
-            .map_err(SinkError::Kafka)?;
-        Ok(deliveries
-            .iter()
-            .map(|d| Landed::Kafka {
-                topic: self.topic.clone(),
-                partition: d.partition,
-                offset: d.offset,
+            .produce_partial(&self.topic, &records, deadline);
+        let landed = landed
+            .into_iter()
+            .map(|d| {
+                d.map(|d| Landed::Kafka {
+                    topic: self.topic.clone(),
+                    partition: d.partition,
+                    offset: d.offset,
+                })
             })
-            .collect())
+            .collect();
+        (landed, error.map(SinkError::Kafka))
     }
 }
 
@@ -154,14 +158,22 @@ impl<W: Write> StdoutSink<W> {
 }
 
 impl<W: Write> Sink for StdoutSink<W> {
-    fn deliver(&mut self, snapshots: &[Snapshot], _: Instant) -> Result<Vec<Landed>, SinkError> {
-        for s in snapshots {
-            self.out
-                .write_all(&s.document)
-                .and_then(|_| self.out.write_all(b"\n"))
-                .map_err(SinkError::Stdout)?;
+    fn deliver(&mut self, records: &[OutRecord<'_>], _: Instant) -> Delivered {
+        let mut landed = Vec::with_capacity(records.len());
+        for r in records {
+            let written = self
+                .out
+                .write_all(r.value)
+                .and_then(|_| self.out.write_all(b"\n"));
+            if let Err(e) = written {
+                landed.resize(records.len(), None);
+                return (landed, Some(SinkError::Stdout(e)));
+            }
+            landed.push(Some(Landed::Stdout));
         }
-        self.out.flush().map_err(SinkError::Stdout)?;
-        Ok(vec![Landed::Stdout; snapshots.len()])
+        match self.out.flush() {
+            Ok(()) => (landed, None),
+            Err(e) => (vec![None; records.len()], Some(SinkError::Stdout(e))),
+        }
     }
 }

@@ -11,12 +11,15 @@ use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use crate::queue::Snapshot;
+use crate::queue::{RecordSpan, Snapshot};
 
 const MAGIC: &[u8; 4] = b"GRKS";
-const VERSION: u8 = 1;
-/// magic, version, 3 reserved, timestamp_ms i64, length u32, crc32c u32.
+const VERSION: u8 = 2;
+/// magic, version, 3 reserved, timestamp_ms i64, body length u32, crc32c u32 (over the
+/// timestamp and the body). The body: record count u32, then per record key start, key
+/// length (u32::MAX: no key), value start, value length (u32 each), then the payload.
 const HEADER_LEN: usize = 4 + 1 + 3 + 8 + 4 + 4;
+const NO_KEY: u32 = u32::MAX;
 const SUFFIX: &str = ".snap";
 const REJECTED_DIR: &str = "rejected";
 
@@ -99,9 +102,7 @@ impl Spool {
             path: path.clone(),
             cause,
         })?;
-        let mut bytes = encode_header(snapshot);
-        bytes.extend_from_slice(&snapshot.document);
-        file.write_all(&bytes)
+        file.write_all(&encode(snapshot))
             .and_then(|_| file.sync_data())
             .map_err(|cause| SpoolError { path, cause })
     }
@@ -134,21 +135,35 @@ impl Spool {
     }
 }
 
-fn encode_header(snapshot: &Snapshot) -> Vec<u8> {
-    let mut out = Vec::with_capacity(HEADER_LEN + snapshot.document.len());
+fn encode(snapshot: &Snapshot) -> Vec<u8> {
+    let mut body = Vec::with_capacity(4 + 16 * snapshot.records.len() + snapshot.payload.len());
+    put_u32(&mut body, snapshot.records.len() as u32);
+    for span in &snapshot.records {
+        let (key_start, key_len) = span.key.unwrap_or((0, NO_KEY));
+        for v in [key_start, key_len, span.value.0, span.value.1] {
+            put_u32(&mut body, v);
+        }
+    }
+    body.extend_from_slice(&snapshot.payload);
+    let mut out = Vec::with_capacity(HEADER_LEN + body.len());
     out.extend_from_slice(MAGIC);
     out.push(VERSION);
     out.extend_from_slice(&[0; 3]);
     out.extend_from_slice(&snapshot.timestamp_ms.to_le_bytes());
-    // Documents beyond 4 GiB can't be fetched (MAX_BODY_BYTES is far lower).
-    out.extend_from_slice(&(snapshot.document.len() as u32).to_le_bytes());
-    out.extend_from_slice(&checksum(snapshot.timestamp_ms, &snapshot.document).to_le_bytes());
+    // Bodies beyond 4 GiB can't be fetched (MAX_BODY_BYTES is far lower).
+    put_u32(&mut out, body.len() as u32);
+    put_u32(&mut out, checksum(snapshot.timestamp_ms, &body));
+    out.extend_from_slice(&body);
     out
 }
 
-fn checksum(timestamp_ms: i64, document: &[u8]) -> u32 {
+fn put_u32(out: &mut Vec<u8>, v: u32) {
+    out.extend_from_slice(&v.to_le_bytes());
+}
+
+fn checksum(timestamp_ms: i64, body: &[u8]) -> u32 {
     let crc = crc32c::crc32c(&timestamp_ms.to_le_bytes());
-    crc32c::crc32c_append(crc, document)
+    crc32c::crc32c_append(crc, body)
 }
 
 /// A snapshot from a spool file's bytes, or None if anything is off.
@@ -160,16 +175,37 @@ fn parse(seq: u64, bytes: &[u8]) -> Option<Snapshot> {
     let timestamp_ms = i64::from_le_bytes(header[8..16].try_into().ok()?);
     let len = u32::from_le_bytes(header[16..20].try_into().ok()?) as usize;
     let crc = u32::from_le_bytes(header[20..24].try_into().ok()?);
-    let document = &bytes[HEADER_LEN..];
-    if document.len() != len || checksum(timestamp_ms, document) != crc {
+    let mut body = &bytes[HEADER_LEN..];
+    if body.len() != len || checksum(timestamp_ms, body) != crc {
         return None;
     }
-    Some(Snapshot {
-        seq,
-        document: document.to_vec(),
-        timestamp_ms,
-        spooled: true,
-    })
+    let count = take_u32(&mut body)? as usize;
+    // Each span is 16 bytes: a count the body can't hold is corrupt, not an allocation.
+    if count > body.len() / 16 {
+        return None;
+    }
+    let mut records = Vec::with_capacity(count);
+    for _ in 0..count {
+        let (ks, kl, vs, vl) = (
+            take_u32(&mut body)?,
+            take_u32(&mut body)?,
+            take_u32(&mut body)?,
+            take_u32(&mut body)?,
+        );
+        records.push(RecordSpan {
+            key: (kl != NO_KEY).then_some((ks, kl)),
+            value: (vs, vl),
+        });
+    }
+    let mut snapshot = Snapshot::new(seq, body.to_vec(), records, timestamp_ms);
+    snapshot.spooled = true;
+    Some(snapshot)
+}
+
+fn take_u32(bytes: &mut &[u8]) -> Option<u32> {
+    let (head, rest) = bytes.split_first_chunk::<4>()?;
+    *bytes = rest;
+    Some(u32::from_le_bytes(*head))
 }
 
 #[cfg(test)]
@@ -183,12 +219,40 @@ mod tests {
     }
 
     fn snap(seq: u64, doc: &str) -> Snapshot {
-        Snapshot {
-            seq,
-            document: doc.as_bytes().to_vec(),
-            timestamp_ms: 1_700_000_000_000 + seq as i64,
-            spooled: true,
-        }
+        let mut s =
+            Snapshot::document(seq, doc.as_bytes().to_vec(), 1_700_000_000_000 + seq as i64);
+        s.spooled = true;
+        s
+    }
+
+    #[test]
+    fn keyed_records_survive_the_round_trip() {
+        let dir = temp_dir("keyed");
+        let (spool, _) = Spool::open(&dir).unwrap();
+        let mut s = Snapshot::new(
+            7,
+            b"k1{\"a\":1}{\"b\":2}".to_vec(),
+            vec![
+                RecordSpan {
+                    key: Some((0, 2)),
+                    value: (2, 7),
+                },
+                RecordSpan {
+                    key: None,
+                    value: (9, 7),
+                },
+            ],
+            42,
+        );
+        spool.write(&s).unwrap();
+        s.spooled = true;
+        let (_, recovered) = Spool::open(&dir).unwrap();
+        assert_eq!(recovered.snapshots, vec![s.clone()]);
+        assert_eq!(
+            recovered.snapshots[0].record(0),
+            (Some(&b"k1"[..]), &b"{\"a\":1}"[..])
+        );
+        fs::remove_dir_all(&dir).ok();
     }
 
     #[test]

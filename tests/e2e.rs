@@ -351,3 +351,92 @@ fn systemd_notify_protocol() {
     );
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// `--mode entity` into a 3-partition topic: one record per entity keyed by its id, the header
+/// copied into each, values equal to the reference JSON, and each record on the partition the
+/// Java client would choose for its key (Kafka's own `Utils.murmur2`, run through `java`).
+#[test]
+fn entity_mode_keys_and_partitions_match_the_java_client() {
+    let Some(broker) = broker("GRK_TEST_KAFKA4") else {
+        return;
+    };
+    let server = FeedServer::start(Response::fixture(VP_FIXTURE));
+    let topic = unique_topic("entity");
+    create_topic(&broker, &topic, 3);
+    let out = Command::new(BIN)
+        .env("VEHICLE_URL", server.url("/feed"))
+        .env("KAFKA_BROKER", &broker)
+        .env("KAFKA_TOPIC", &topic)
+        .args(["--once", "--mode", "entity", "--record-timestamp", "feed"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let golden = golden(VP_FIXTURE);
+    let entities = golden["entity"].as_array().unwrap();
+    let header = &golden["header"];
+    let feed_ts_ms = header["timestamp"]
+        .as_str()
+        .unwrap()
+        .parse::<i64>()
+        .unwrap()
+        * 1000;
+    let mut records = consume(&broker, &topic, entities.len());
+    records.sort_by_key(|r| {
+        let key = r["key"].as_str().unwrap().to_string();
+        entities.iter().position(|e| e["id"] == key.as_str())
+    });
+    let keys: Vec<String> = records
+        .iter()
+        .map(|r| r["key"].as_str().unwrap().to_string())
+        .collect();
+    let java = java_partitions(3, &keys);
+    for ((record, entity), java_partition) in records.iter().zip(entities).zip(java) {
+        assert_eq!(record["key"], entity["id"]);
+        assert_eq!(
+            record["partition"].as_i64(),
+            Some(java_partition),
+            "{}",
+            record["key"]
+        );
+        assert_eq!(record["timestamp_ms"].as_i64(), Some(feed_ts_ms));
+        let mut value: Value = serde_json::from_str(record["value"].as_str().unwrap()).unwrap();
+        let obj = value.as_object_mut().unwrap();
+        assert!(obj.remove("producer_timestamp").unwrap().is_f64());
+        assert_eq!(obj.remove("source_id"), Some("toei_vehicle_api".into()));
+        assert_eq!(
+            obj.remove("event_type"),
+            Some("gtfs_realtime_vehicle".into())
+        );
+        assert_eq!(obj.remove("header").as_ref(), Some(header));
+        assert_eq!(obj.remove("entity").as_ref(), Some(entity));
+        assert!(obj.is_empty(), "{obj:?}");
+    }
+    let spread: std::collections::HashSet<i64> = records
+        .iter()
+        .map(|r| r["partition"].as_i64().unwrap())
+        .collect();
+    assert_eq!(spread.len(), 3, "48 keys should reach every partition");
+}
+
+/// Kafka's own `Utils.murmur2` partition for each key, from the broker's client jar.
+fn java_partitions(partitions: u32, keys: &[String]) -> Vec<i64> {
+    let out = Command::new("java")
+        .arg("-cp")
+        .arg(repo_path(".ci/work/kafka4/lib/*"))
+        .arg(repo_path("tests/java/Partition.java"))
+        .arg(partitions.to_string())
+        .args(keys)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| l.trim().parse().unwrap())
+        .collect()
+}

@@ -10,12 +10,13 @@ use kafka_protocol::messages::{ApiKey, InitProducerIdRequest, ProducerId};
 use kafka_protocol::protocol::Encodable;
 
 use super::batch::{encode_batch, BatchRecord, Identity};
-use super::config::{Acks, ProducerConfig};
+use super::config::{Acks, ProducerConfig, Sasl};
 use super::error::KafkaError;
 use super::metadata::{Metadata, TopicStatus, UNKNOWN_TOPIC_OR_PARTITION};
 use super::produce::{self, Outcome, PartitionBatch};
 use super::response;
-use super::transport::{Connector, TcpConnector, Transport};
+use super::sasl;
+use super::transport::{Connector, TcpConnector, TlsConnector, Transport};
 use super::versions::{Handshake, HandshakeStep, Versions, INIT_PRODUCER_ID};
 use super::{partitioner, wire};
 
@@ -34,11 +35,31 @@ pub struct Delivery {
     pub offset: i64,
 }
 
-/// An open, negotiated connection.
+/// An open, negotiated (and, with SASL, authenticated) connection.
 struct Conn {
     transport: Box<dyn Transport>,
     encoder: wire::RequestEncoder,
     versions: Versions,
+    /// With SASL, when the broker's session on this connection ends (KIP-368).
+    session: Option<Session>,
+}
+
+/// An authenticated session with a lifetime: re-authenticate from `reauth_at`, reconnect from
+/// `expires_at` (the broker closes an expired connection on its next request).
+#[derive(Debug, Clone, Copy)]
+struct Session {
+    reauth_at: Instant,
+    expires_at: Instant,
+}
+
+impl Session {
+    /// Re-authenticate after 85 % of the lifetime, like Kafka's Java client (85-95 %).
+    fn starting(now: Instant, lifetime: Duration) -> Session {
+        Session {
+            reauth_at: now + lifetime.mul_f64(0.85),
+            expires_at: now + lifetime,
+        }
+    }
 }
 
 /// Producer id and the next sequence number per (topic, partition), for idempotent produce.
@@ -82,7 +103,11 @@ struct InFlight {
 impl Producer {
     /// Creates a producer. Does no I/O: connections open on the first `produce`.
     pub fn new(config: ProducerConfig) -> Producer {
-        Producer::with_connector(config, Box::new(TcpConnector))
+        let connector: Box<dyn Connector> = match &config.tls {
+            Some(tls) => Box::new(TlsConnector(tls.clone())),
+            None => Box::new(TcpConnector),
+        };
+        Producer::with_connector(config, connector)
     }
 
     pub(crate) fn with_connector(
@@ -115,8 +140,52 @@ impl Producer {
         records: &[Record<'_>],
         deadline: Instant,
     ) -> Result<Vec<Delivery>, KafkaError> {
+        let (landed, error) = self.produce_partial(topic, records, deadline);
+        match error {
+            Some(e) => Err(e),
+            None => Ok(landed.into_iter().flatten().collect()),
+        }
+    }
+
+    /// Like [`Producer::produce`], but also says which records landed when it fails: keyed
+    /// records spread over partitions, and some partitions may succeed while others fail.
+    /// Resending exactly the undelivered records (same order) is exactly-once with
+    /// idempotence on, as their partitions' sequence numbers were not consumed.
+    pub fn produce_partial(
+        &mut self,
+        topic: &str,
+        records: &[Record<'_>],
+        deadline: Instant,
+    ) -> (Vec<Option<Delivery>>, Option<KafkaError>) {
+        let mut partition_of: Vec<Option<i32>> = vec![None; records.len()];
+        let mut offsets: Vec<Option<i64>> = vec![None; records.len()];
+        let error = self
+            .produce_checked(topic, records, deadline, &mut partition_of, &mut offsets)
+            .err();
+        let landed = partition_of
+            .iter()
+            .zip(&offsets)
+            .map(|(p, o)| match (p, o) {
+                (Some(partition), Some(offset)) => Some(Delivery {
+                    partition: *partition,
+                    offset: *offset,
+                }),
+                _ => None,
+            })
+            .collect();
+        (landed, error)
+    }
+
+    fn produce_checked(
+        &mut self,
+        topic: &str,
+        records: &[Record<'_>],
+        deadline: Instant,
+        partition_of: &mut [Option<i32>],
+        offsets: &mut [Option<i64>],
+    ) -> Result<(), KafkaError> {
         if records.is_empty() {
-            return Ok(Vec::new());
+            return Ok(());
         }
         if self.config.bootstrap.is_empty() {
             return Err(KafkaError::Config {
@@ -130,13 +199,15 @@ impl Producer {
                 reason: "idempotence needs acks=all".to_owned(),
             });
         }
-        let result = self.produce_inner(topic, records, deadline);
+        let result = self.produce_inner(topic, records, deadline, partition_of, offsets);
         match &result {
             // The keyless partition moves on only after a success: a caller that resends the
             // same records after a retriable failure reaches the same partition with the same
             // producer id and sequence numbers, so the broker drops the copy it already has.
             Ok(_) => self.calls = self.calls.wrapping_add(1),
-            Err(e) if e.is_retriable() => {}
+            // A refused certificate or password says nothing about the batch: when someone
+            // fixes it, the resend must still be recognised.
+            Err(e) if e.is_retriable() || e.is_security() => {}
             Err(e) => {
                 if self.idempotence.take().is_some() {
                     // The batch's fate is unknown and won't be resent as is: a new producer id
@@ -153,9 +224,9 @@ impl Producer {
         topic: &str,
         records: &[Record<'_>],
         deadline: Instant,
-    ) -> Result<Vec<Delivery>, KafkaError> {
-        let mut partition_of: Vec<Option<i32>> = vec![None; records.len()];
-        let mut offsets: Vec<Option<i64>> = vec![None; records.len()];
+        partition_of: &mut [Option<i32>],
+        offsets: &mut [Option<i64>],
+    ) -> Result<(), KafkaError> {
         // Base sequence of each partition's batch in this call, kept across retries so the
         // broker recognises a resent batch.
         let mut sequences: HashMap<i32, i32> = HashMap::new();
@@ -240,7 +311,7 @@ impl Producer {
             // 3. Pending records by partition, partitions by leader.
             let mut by_partition: BTreeMap<i32, Vec<usize>> = BTreeMap::new();
             let mut unassigned = false;
-            for (i, (partition, offset)) in partition_of.iter().zip(&offsets).enumerate() {
+            for (i, (partition, offset)) in partition_of.iter().zip(offsets.iter()).enumerate() {
                 match (partition, offset) {
                     (_, Some(_)) => {}
                     (Some(p), None) => by_partition.entry(*p).or_default().push(i),
@@ -376,14 +447,7 @@ impl Producer {
             }
 
             if offsets.iter().all(Option::is_some) {
-                return Ok(partition_of
-                    .iter()
-                    .zip(&offsets)
-                    .map(|(p, o)| Delivery {
-                        partition: p.unwrap_or(-1),
-                        offset: o.unwrap_or(-1),
-                    })
-                    .collect());
+                return Ok(());
             }
         }
     }
@@ -446,8 +510,23 @@ impl Producer {
             .min(deadline.saturating_duration_since(Instant::now()))
     }
 
-    /// The connection to `addr`, opened and negotiated if needed.
+    /// The connection to `addr`, opened and negotiated if needed, re-authenticated if its SASL
+    /// session is close to its end.
     fn conn(&mut self, addr: &str, deadline: Instant) -> Result<&mut Conn, KafkaError> {
+        let now = Instant::now();
+        match self.conns.get(addr).and_then(|c| c.session) {
+            Some(session) if now >= session.expires_at => {
+                log::debug!("kafka {addr}: SASL session expired, reconnecting");
+                self.conns.remove(addr);
+            }
+            Some(session) if now >= session.reauth_at => {
+                if let Err(e) = self.reauthenticate(addr, deadline) {
+                    self.conns.remove(addr);
+                    return Err(e);
+                }
+            }
+            _ => {}
+        }
         if !self.conns.contains_key(addr) {
             let conn = self.open(addr, deadline)?;
             self.conns.insert(addr.to_owned(), conn);
@@ -490,15 +569,46 @@ impl Producer {
                         versions.produce,
                         versions.metadata
                     );
+                    let session = match &self.config.sasl {
+                        None => None,
+                        Some(sasl) => authenticate(
+                            sasl,
+                            addr,
+                            transport.as_mut(),
+                            &mut encoder,
+                            &versions,
+                            (self.config.request_timeout, deadline),
+                        )?,
+                    };
                     return Ok(Conn {
                         transport,
                         encoder,
                         versions,
+                        session,
                     });
                 }
                 HandshakeStep::Retry => {}
             }
         }
+    }
+
+    /// KIP-368: a new SaslHandshake + SaslAuthenticate on the open connection, before the
+    /// broker's session on it runs out. Nothing else is in flight on it: responses are read
+    /// before the connection is used again.
+    fn reauthenticate(&mut self, addr: &str, deadline: Instant) -> Result<(), KafkaError> {
+        let (Some(sasl), Some(conn)) = (&self.config.sasl, self.conns.get_mut(addr)) else {
+            return Ok(());
+        };
+        conn.session = authenticate(
+            sasl,
+            addr,
+            conn.transport.as_mut(),
+            &mut conn.encoder,
+            &conn.versions,
+            (self.config.request_timeout, deadline),
+        )?;
+        log::debug!("kafka {addr}: re-authenticated ({})", sasl.mechanism.name());
+        Ok(())
     }
 
     /// One request/response exchange on `addr`; the connection is dropped on any failure.
@@ -584,6 +694,9 @@ impl Producer {
             ) {
                 Ok(response) => return self.metadata.ingest(addr, topic, response, Instant::now()),
                 Err(e @ KafkaError::Broker { .. }) => return Err(e),
+                // Another broker of the same cluster would refuse the same certificate or
+                // password: say so at once rather than "no broker reachable" at the deadline.
+                Err(e) if e.is_security() => return Err(e),
                 Err(e) => {
                     log::debug!("kafka: metadata from {addr}: {e}");
                     last = Some(e);
@@ -733,6 +846,40 @@ impl Producer {
         }
         result
     }
+}
+
+/// Runs a SASL exchange on `transport`; returns the session's lifetime when the broker set one.
+/// `budget` is (request timeout, deadline): each request gets the smaller of the two.
+fn authenticate(
+    sasl: &Sasl,
+    addr: &str,
+    transport: &mut dyn Transport,
+    encoder: &mut wire::RequestEncoder,
+    versions: &Versions,
+    budget: (Duration, Instant),
+) -> Result<Option<Session>, KafkaError> {
+    let left = || {
+        budget
+            .0
+            .min(budget.1.saturating_duration_since(Instant::now()))
+    };
+    let mut exchange = sasl::Exchange::start(addr, sasl, versions)?;
+    while let Some(request) = exchange.next_request(encoder)? {
+        transport.send(&request.frame, left())?;
+        let frame = transport.recv(left())?;
+        exchange.on_response(frame)?;
+    }
+    let lifetime = exchange.session_lifetime();
+    log::debug!(
+        "kafka {addr}: authenticated as {} ({}){}",
+        sasl.username,
+        sasl.mechanism.name(),
+        match lifetime {
+            Some(l) => format!(", session lifetime {} ms", l.as_millis()),
+            None => String::new(),
+        }
+    );
+    Ok(lifetime.map(|l| Session::starting(Instant::now(), l)))
 }
 
 /// New producer ids one `produce` call may ask for after losing its producer state.
@@ -1200,6 +1347,152 @@ mod tests {
         let versions: Vec<(i16, i16)> = state.requests.iter().map(|r| (r.1, r.2)).collect();
         assert_eq!(&versions[..3], &[(18, 4), (18, 2), (3, 12)]);
         assert!(versions.contains(&(0, 8)));
+    }
+
+    fn sasl_cluster(n_brokers: i32, leaders: &[i32], mechanisms: Vec<&'static str>) -> Cluster {
+        let cluster = Cluster::new(n_brokers, TOPIC, leaders);
+        cluster.state().sasl = Some(crate::kafka::fake::FakeSasl {
+            mechanisms,
+            username: "alice".to_owned(),
+            password: "alice-secret".to_owned(),
+            session_lifetime: Duration::from_secs(60),
+        });
+        cluster
+    }
+
+    fn with_sasl(
+        mechanism: crate::kafka::SaslMechanism,
+        password: &str,
+    ) -> impl FnOnce(&mut ProducerConfig) {
+        let password = password.to_owned();
+        move |c: &mut ProducerConfig| {
+            c.sasl = Some(Sasl {
+                mechanism,
+                username: "alice".to_owned(),
+                password: crate::kafka::Secret::new(password),
+            })
+        }
+    }
+
+    #[test]
+    fn sasl_authenticates_every_connection_after_api_versions() {
+        use crate::kafka::SaslMechanism::Plain;
+        let cluster = sasl_cluster(2, &[1, 2], vec!["PLAIN", "SCRAM-SHA-512"]);
+        let mut p = producer(&cluster, with_sasl(Plain, "alice-secret"));
+        let keys = ["a", "b", "c", "d", "e", "f"];
+        let records: Vec<Record> = keys
+            .iter()
+            .map(|k| Record {
+                key: Some(k.as_bytes()),
+                value: b"v",
+                timestamp_ms: 1,
+            })
+            .collect();
+        p.produce(TOPIC, &records, soon()).unwrap();
+        let state = cluster.state();
+        for addr in ["b1:9092", "b2:9092"] {
+            let apis: Vec<i16> = state
+                .requests
+                .iter()
+                .filter(|r| r.0 == addr)
+                .map(|r| r.1)
+                .take(3)
+                .collect();
+            assert_eq!(
+                apis,
+                [18, 17, 36],
+                "{addr}: ApiVersions, SaslHandshake, SaslAuthenticate"
+            );
+        }
+        assert_eq!(state.count(ApiKey::SaslAuthenticate), 2);
+    }
+
+    #[test]
+    fn wrong_password_fails_at_once_naming_mechanism_and_user() {
+        use crate::kafka::SaslMechanism::Plain;
+        let cluster = sasl_cluster(1, &[1], vec!["PLAIN"]);
+        let mut p = producer(&cluster, |c| {
+            with_sasl(Plain, "wrong-password")(c);
+            c.idempotence = true;
+        });
+        let vals = values(1);
+        let started = Instant::now();
+        let err = p
+            .produce(
+                TOPIC,
+                &keyless(&vals),
+                Instant::now() + Duration::from_secs(30),
+            )
+            .unwrap_err();
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "no retrying until the deadline"
+        );
+        let line = err.to_string();
+        assert_eq!(
+            line,
+            "kafka broker b1:9092: SASL authentication failed (PLAIN, user alice): \
+             SASL_AUTHENTICATION_FAILED: Invalid username or password"
+        );
+        assert!(!err.is_retriable() && err.is_security());
+        // Fixed on the broker side: the next call goes through.
+        cluster.state().sasl.as_mut().unwrap().password = "wrong-password".to_owned();
+        p.produce(TOPIC, &keyless(&vals), soon()).unwrap();
+    }
+
+    #[test]
+    fn a_mechanism_the_broker_lacks_is_named_with_what_it_offers() {
+        use crate::kafka::SaslMechanism::ScramSha256;
+        let cluster = sasl_cluster(1, &[1], vec!["PLAIN", "SCRAM-SHA-512"]);
+        let mut p = producer(&cluster, with_sasl(ScramSha256, "alice-secret"));
+        let vals = values(1);
+        let err = p.produce(TOPIC, &keyless(&vals), soon()).unwrap_err();
+        assert!(
+            err.to_string().ends_with(
+                "SASL mechanism SCRAM-SHA-256 is not enabled on the broker; it offers PLAIN, \
+                 SCRAM-SHA-512 (set sasl.mechanism / KAFKA_SASL_MECHANISM)"
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn sessions_are_renewed_on_the_connection_then_replaced_once_expired() {
+        use crate::kafka::SaslMechanism::Plain;
+        let cluster = sasl_cluster(1, &[1], vec!["PLAIN"]);
+        let mut p = producer(&cluster, with_sasl(Plain, "alice-secret"));
+        let vals = values(1);
+        p.produce(TOPIC, &keyless(&vals), soon()).unwrap();
+        let session = p.conns["b1:9092"].session.unwrap();
+        let lifetime = session.expires_at - session.reauth_at;
+        // 15 % of the broker's 60 s.
+        assert!(
+            lifetime > Duration::from_millis(8_900) && lifetime < Duration::from_millis(9_100),
+            "{lifetime:?}"
+        );
+        // Past 85 % of the lifetime: KIP-368 re-authentication on the same connection.
+        let now = Instant::now();
+        p.conns.get_mut("b1:9092").unwrap().session = Some(Session {
+            reauth_at: now,
+            expires_at: now + Duration::from_secs(5),
+        });
+        p.produce(TOPIC, &keyless(&vals), soon()).unwrap();
+        {
+            let state = cluster.state();
+            assert_eq!(state.count(ApiKey::SaslHandshake), 2);
+            assert_eq!(state.count(ApiKey::ApiVersions), 1, "same connection");
+        }
+        assert!(p.conns["b1:9092"].session.unwrap().reauth_at > now + Duration::from_secs(40));
+        // Past the end: a new connection (the broker would close this one).
+        p.conns.get_mut("b1:9092").unwrap().session = Some(Session {
+            reauth_at: now,
+            expires_at: now,
+        });
+        p.produce(TOPIC, &keyless(&vals), soon()).unwrap();
+        let state = cluster.state();
+        assert_eq!(state.count(ApiKey::ApiVersions), 2, "reconnected");
+        assert_eq!(state.count(ApiKey::SaslHandshake), 3);
+        assert_eq!(state.log_values(0).len(), 3);
     }
 
     #[test]
