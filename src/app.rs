@@ -9,9 +9,9 @@
 use std::fmt;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::config::{Config, Mode, RecordTimestamp};
+use crate::config::{Config, Mode, RecordTimestamp, SkipUnchanged};
 use crate::decode::{decode_entities, DecodeError};
-use crate::fetch::{FetchError, Fetcher};
+use crate::fetch::{Fetch, FetchError, Fetcher};
 use crate::json::{transcode_feed, write_entity, Envelope, FieldNames};
 use crate::notify::Notifier;
 use crate::queue::{Queue, RecordSpan, Snapshot};
@@ -25,6 +25,14 @@ const MAX_SEND_BYTES: usize = 512 * 1024;
 /// A send window shorter than this before the next poll is not worth starting.
 const MIN_SEND_WINDOW: Duration = Duration::from_millis(100);
 const RETRY_BASE: Duration = Duration::from_millis(250);
+/// A failed fetch is tried again this many times within its interval, a quarter interval
+/// apart (at most `MAX_FETCH_RETRY_GAP`), before waiting for the next slot.
+const FETCH_RETRIES: u32 = 2;
+const MAX_FETCH_RETRY_GAP: Duration = Duration::from_secs(10);
+/// Polls start up to this share of the interval late (at most `MAX_POLL_JITTER`), so many
+/// gateways started together don't hit a feed server in the same millisecond.
+const POLL_JITTER_SHARE: u32 = 50;
+const MAX_POLL_JITTER: Duration = Duration::from_millis(500);
 const RETRY_MAX: Duration = Duration::from_secs(5);
 
 /// Turns fetched bytes into the records to send.
@@ -37,6 +45,38 @@ pub struct Pipeline {
     event_type: String,
     /// Size of the last payload, to allocate the next one in one go.
     last_payload_len: usize,
+    skip_unchanged: SkipUnchanged,
+    /// CRC32C and length of the last body that became a snapshot.
+    last_body: Option<(u32, usize)>,
+    /// `header.timestamp` of the last feed that became a snapshot.
+    last_feed_timestamp: Option<u64>,
+}
+
+/// A poll that found nothing new to send, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unchanged {
+    NotModified,
+    SameBody(usize),
+    SameTimestamp(u64),
+}
+
+impl fmt::Display for Unchanged {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Unchanged::NotModified => f.write_str("304 Not Modified"),
+            Unchanged::SameBody(n) => write!(f, "same {n}-byte body as the last snapshot"),
+            Unchanged::SameTimestamp(ts) => {
+                write!(f, "header.timestamp {ts} same as the last snapshot")
+            }
+        }
+    }
+}
+
+/// What a poll produced.
+#[derive(Debug)]
+pub enum PollOutcome {
+    New(Polled),
+    Unchanged(Unchanged),
 }
 
 /// What one successful fetch + convert produced.
@@ -71,25 +111,57 @@ impl std::error::Error for PollError {}
 impl Pipeline {
     pub fn new(config: &Config) -> Pipeline {
         Pipeline {
-            fetcher: Fetcher::new(&config.fetch),
+            fetcher: Fetcher::new(&config.fetch)
+                .with_conditional_get(config.skip_unchanged != SkipUnchanged::Off),
             names: config.names,
             mode: config.mode,
             record_timestamp: config.record_timestamp,
             source_id: config.source_id.clone(),
             event_type: config.event_type.clone(),
             last_payload_len: 0,
+            skip_unchanged: config.skip_unchanged,
+            last_body: None,
+            last_feed_timestamp: None,
+        }
+    }
+
+    /// Whether this body is the same snapshot as the last one (when asked to skip those).
+    fn unchanged(&self, body: &[u8], feed_timestamp: Option<u64>) -> Option<Unchanged> {
+        if self.skip_unchanged == SkipUnchanged::Off {
+            return None;
+        }
+        if self.last_body == Some((crc32c::crc32c(body), body.len())) {
+            return Some(Unchanged::SameBody(body.len()));
+        }
+        // Only an equal timestamp counts: one going backwards (a load balancer switching
+        // between servers) is new data, so a stale server can never wedge the feed.
+        match (
+            self.skip_unchanged,
+            feed_timestamp,
+            self.last_feed_timestamp,
+        ) {
+            (SkipUnchanged::Timestamp, Some(ts), Some(last)) if ts == last => {
+                Some(Unchanged::SameTimestamp(ts))
+            }
+            _ => None,
         }
     }
 
     /// Fetches, decodes and converts one snapshot. `producer_timestamp` is taken here, right
     /// before the documents are written: the moment they are handed on for sending.
-    pub fn poll(&mut self) -> Result<Polled, PollError> {
-        let fetched = self.fetcher.fetch().map_err(PollError::Fetch)?;
+    pub fn poll(&mut self) -> Result<PollOutcome, PollError> {
+        let fetched = match self.fetcher.fetch().map_err(PollError::Fetch)? {
+            Fetch::Body(fetched) => fetched,
+            Fetch::NotModified => return Ok(PollOutcome::Unchanged(Unchanged::NotModified)),
+        };
         let decode_error = |error| PollError::Decode {
             url: self.fetcher.redacted_url().to_string(),
             error,
         };
         let feed = decode_entities(&fetched.body).map_err(decode_error)?;
+        if let Some(unchanged) = self.unchanged(&fetched.body, feed.header().timestamp) {
+            return Ok(PollOutcome::Unchanged(unchanged));
+        }
         let sent_at = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
@@ -137,13 +209,17 @@ impl Pipeline {
             }
         };
         self.last_payload_len = payload.len();
+        if self.skip_unchanged != SkipUnchanged::Off {
+            self.last_body = Some((crc32c::crc32c(&fetched.body), fetched.body.len()));
+            self.last_feed_timestamp = feed_timestamp;
+        }
         log::debug!(
             "decoded {} entities; {} records, {} bytes",
             feed.len(),
             records.len(),
             payload.len()
         );
-        Ok(Polled {
+        Ok(PollOutcome::New(Polled {
             document_bytes: payload.len(),
             payload,
             records,
@@ -151,7 +227,7 @@ impl Pipeline {
             wire_bytes: fetched.wire_bytes,
             entities: feed.len(),
             feed_timestamp,
-        })
+        }))
     }
 }
 
@@ -175,6 +251,8 @@ pub struct Stats {
     pub decode_errors: u64,
     /// Send attempts that failed (each is retried; not a loss).
     pub delivery_errors: u64,
+    /// Polls that found nothing new (304, same body, same header.timestamp).
+    pub skipped: u64,
     /// Snapshots dropped because the queue was full.
     pub dropped: u64,
     /// Snapshots the broker refused for what they are (too large, invalid).
@@ -190,12 +268,14 @@ impl fmt::Display for Stats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} polls, {} delivered, {} fetch errors, {} decode errors, {} delivery errors, \
-             {} dropped (queue full), {} rejected by broker, {} unsent at exit",
+            "{} polls, {} delivered, {} fetch errors, {} decode errors, {} unchanged, \
+             {} delivery errors, {} dropped (queue full), {} rejected by broker, \
+             {} unsent at exit",
             self.polls,
             self.delivered,
             self.fetch_errors,
             self.decode_errors,
+            self.skipped,
             self.delivery_errors,
             self.dropped,
             self.rejected,
@@ -268,12 +348,25 @@ pub fn next_poll_after(scheduled: Instant, interval: Duration, now: Instant) -> 
     next + interval.saturating_mul(skip)
 }
 
+/// A little random delay for one poll: up to 2 % of the interval, at most half a second.
+pub fn poll_jitter(interval: Duration, noise: u64) -> Duration {
+    let max = (interval / POLL_JITTER_SHARE).min(MAX_POLL_JITTER);
+    let max_micros = u64::try_from(max.as_micros()).unwrap_or(u64::MAX);
+    Duration::from_micros(noise % max_micros.saturating_add(1))
+}
+
 /// Exponential backoff between failed send attempts, with ±25 % jitter from `noise`.
 pub fn retry_delay(failures: u32, noise: u64) -> Duration {
     let exp = RETRY_BASE.saturating_mul(1u32 << failures.saturating_sub(1).min(16));
     let capped = exp.min(RETRY_MAX);
     let jitter = (noise % 501) as f64 / 1000.0 + 0.75;
     capped.mul_f64(jitter)
+}
+
+/// What a failed fetch tells the scheduler.
+struct FetchFailure {
+    worth_retrying: bool,
+    retry_after: Option<Duration>,
 }
 
 /// What one successful send attempt delivered.
@@ -299,6 +392,8 @@ pub struct Runner<'a> {
     next_seq: u64,
     failures: u32,
     retry_at: Option<Instant>,
+    /// What the last poll's fetch failure allows: an early retry, or a server-set pause.
+    last_fetch_failure: Option<FetchFailure>,
     /// How many snapshots the failed attempt carried: the retry resends exactly those, so
     /// the idempotent producer's sequence numbers match and the broker drops a duplicate.
     retry_batch: Option<usize>,
@@ -322,6 +417,7 @@ impl<'a> Runner<'a> {
             failures: 0,
             retry_at: None,
             retry_batch: None,
+            last_fetch_failure: None,
         };
         if let Some(dir) = &config.spool_dir {
             let (spool, recovered) = Spool::open(dir)?;
@@ -343,29 +439,35 @@ impl<'a> Runner<'a> {
     }
 
     pub fn run(mut self, signals: &mut Signals, notifier: &Notifier) -> RunOutcome {
-        let mut next_poll = Instant::now();
+        let interval = self.config.poll_interval;
+        // `slot` is the fixed-rate schedule; `due` is when the next poll really runs: the
+        // slot plus a little jitter, an early retry of a failed fetch, or a server's
+        // Retry-After.
+        let mut slot = Instant::now();
+        let mut due = slot;
+        let mut fetch_retries_left = FETCH_RETRIES;
         let mut last_ok = false;
         notifier.ready();
         loop {
             notifier.watchdog();
             let now = Instant::now();
             let send_at = (!self.queue.is_empty()).then(|| self.retry_at.unwrap_or(now));
-            match next_step(now, next_poll, send_at, signals.stop_requested()) {
+            match next_step(now, due, send_at, signals.stop_requested()) {
                 Step::Stop => break,
                 Step::Sleep(d) => {
                     // Wake in time for the systemd watchdog even on long intervals.
                     signals.sleep(notifier.watchdog_interval().map_or(d, |w| d.min(w)));
                 }
                 Step::Send => {
-                    let deadline = (now + self.config.delivery_timeout).min(next_poll);
+                    let deadline = (now + self.config.delivery_timeout).min(due);
                     self.send_backlog(deadline);
                 }
                 Step::Poll => {
-                    let slot_after = next_poll_after(next_poll, self.config.poll_interval, now);
+                    let next_slot = next_poll_after(slot, interval, now);
                     let deadline = if self.config.once {
                         now + self.config.delivery_timeout
                     } else {
-                        (now + self.config.delivery_timeout).min(slot_after)
+                        (now + self.config.delivery_timeout).min(next_slot)
                     };
                     let line = self.poll_and_send(now, deadline);
                     last_ok = line.is_ok();
@@ -373,8 +475,31 @@ impl<'a> Runner<'a> {
                     if self.config.once {
                         break;
                     }
-                    next_poll =
-                        next_poll_after(next_poll, self.config.poll_interval, Instant::now());
+                    let now = Instant::now();
+                    let retry_soon = now + (interval / 4).min(MAX_FETCH_RETRY_GAP);
+                    match self.last_fetch_failure.take() {
+                        Some(FetchFailure {
+                            retry_after: Some(wait),
+                            ..
+                        }) => {
+                            slot = next_poll_after(slot, interval, now);
+                            due = slot.max(now + wait);
+                            fetch_retries_left = FETCH_RETRIES;
+                            log::info!("next poll in {} s (Retry-After)", (due - now).as_secs());
+                        }
+                        Some(FetchFailure {
+                            worth_retrying: true,
+                            ..
+                        }) if fetch_retries_left > 0 && retry_soon < next_slot => {
+                            fetch_retries_left -= 1;
+                            due = retry_soon;
+                        }
+                        _ => {
+                            slot = next_poll_after(slot, interval, now);
+                            due = slot + poll_jitter(interval, jitter_noise());
+                            fetch_retries_left = FETCH_RETRIES;
+                        }
+                    }
                 }
             }
         }
@@ -398,10 +523,22 @@ impl<'a> Runner<'a> {
     fn poll_and_send(&mut self, started: Instant, deadline: Instant) -> Result<String, String> {
         self.stats.polls += 1;
         let mut polled = match self.pipeline.poll() {
-            Ok(p) => p,
+            Ok(PollOutcome::New(p)) => p,
+            Ok(PollOutcome::Unchanged(why)) => {
+                self.stats.skipped += 1;
+                let line = format!("poll unchanged: {why}; nothing sent");
+                log::info!("{line}");
+                return Ok(line);
+            }
             Err(e) => {
-                match e {
-                    PollError::Fetch(_) => self.stats.fetch_errors += 1,
+                match &e {
+                    PollError::Fetch(f) => {
+                        self.stats.fetch_errors += 1;
+                        self.last_fetch_failure = Some(FetchFailure {
+                            worth_retrying: f.worth_retrying_soon(),
+                            retry_after: f.retry_after(),
+                        });
+                    }
                     PollError::Decode { .. } => self.stats.decode_errors += 1,
                 }
                 let line = format!("poll failed: {e}");
@@ -703,6 +840,23 @@ mod tests {
             next_poll_after(t0, i, t0 + Duration::from_secs(35)),
             t0 + 4 * i
         );
+    }
+
+    #[test]
+    fn poll_jitter_is_small_and_bounded() {
+        let check = |interval_ms: u64, noise: u64, expected_us: u64| {
+            assert_eq!(
+                poll_jitter(Duration::from_millis(interval_ms), noise),
+                Duration::from_micros(expected_us)
+            );
+        };
+        // 1 s interval: up to 20 ms.
+        check(1000, 0, 0);
+        check(1000, 20_000, 20_000);
+        check(1000, 20_001, 0);
+        // 60 s interval: capped at 500 ms.
+        check(60_000, 500_000, 500_000);
+        check(60_000, 1_000_000, 499_999);
     }
 
     #[test]

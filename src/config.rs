@@ -62,6 +62,17 @@ pub enum Mode {
     Entity,
 }
 
+/// Which polls count as "nothing new" and send nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SkipUnchanged {
+    /// Every poll is sent, like the Python producer.
+    Off,
+    /// Conditional GET (304) and a body identical to the last snapshot's.
+    Body,
+    /// As `Body`, plus an unchanged `header.timestamp`.
+    Timestamp,
+}
+
 /// Kafka record timestamp: when it was sent, or the feed's `header.timestamp` (event time).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RecordTimestamp {
@@ -117,6 +128,7 @@ pub struct Config {
     pub names: FieldNames,
     pub mode: Mode,
     pub record_timestamp: RecordTimestamp,
+    pub skip_unchanged: SkipUnchanged,
     pub once: bool,
     /// How long one poll's delivery may retry before the poll counts as failed.
     pub delivery_timeout: Duration,
@@ -162,6 +174,7 @@ const SETTINGS: &[Setting] = &[
     s(Some("JSON_NAMES"), "--json-names"),
     s(Some("MODE"), "--mode"),
     s(Some("RECORD_TIMESTAMP"), "--record-timestamp"),
+    s(Some("SKIP_UNCHANGED"), "--skip-unchanged"),
     s(Some("KAFKA_ACKS"), "--acks"),
     s(Some("KAFKA_COMPRESSION"), "--compression"),
     s(Some("KAFKA_REQUEST_TIMEOUT"), "--kafka-request-timeout"),
@@ -407,6 +420,14 @@ fn run_config(raw: &Raw) -> Result<Config, ConfigError> {
                 _ => Err(format!("{v:?} is not one of send, feed")),
             }
         })?,
+        skip_unchanged: raw.typed("--skip-unchanged", SkipUnchanged::Off, |v| {
+            match v.to_ascii_lowercase().as_str() {
+                "off" | "false" | "no" => Ok(SkipUnchanged::Off),
+                "body" => Ok(SkipUnchanged::Body),
+                "timestamp" | "on" | "true" => Ok(SkipUnchanged::Timestamp),
+                _ => Err(format!("{v:?} is not one of off, body, timestamp")),
+            }
+        })?,
         once: raw.has_switch("--once"),
         delivery_timeout: raw.typed(
             "--delivery-timeout",
@@ -646,6 +667,8 @@ DOCUMENT
                                                   (header copied into each) [default: feed]
     --record-timestamp send|feed RECORD_TIMESTAMP Kafka record time: send time or header.timestamp
                                                   [default: send]
+    --skip-unchanged MODE      SKIP_UNCHANGED     off | body (304, identical body) | timestamp
+                                                  (also unchanged header.timestamp) [default: off]
 
 KAFKA
     --sink kafka|stdout        SINK               stdout: one JSON document per line [default: kafka]

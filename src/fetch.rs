@@ -6,6 +6,14 @@
 use crate::config::FetchSettings;
 use std::fmt;
 use std::io::Read;
+use std::time::Duration;
+
+/// What one fetch got: a body, or the server's word that nothing changed (HTTP 304).
+#[derive(Debug)]
+pub enum Fetch {
+    Body(Fetched),
+    NotModified,
+}
 
 /// A fetched body and what the server said about it.
 #[derive(Debug)]
@@ -21,6 +29,8 @@ pub enum FetchError {
     Status {
         url: String,
         status: u16,
+        /// `Retry-After` (in seconds) on a 429 or 503.
+        retry_after: Option<Duration>,
     },
     Timeout {
         url: String,
@@ -60,7 +70,16 @@ pub enum FetchError {
 impl fmt::Display for FetchError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::Status { url, status } => write!(f, "fetch {url}: HTTP status {status}"),
+            Self::Status {
+                url,
+                status,
+                retry_after: Some(d),
+            } => write!(
+                f,
+                "fetch {url}: HTTP status {status}, Retry-After {}s",
+                d.as_secs()
+            ),
+            Self::Status { url, status, .. } => write!(f, "fetch {url}: HTTP status {status}"),
             Self::Timeout { url, phase } => write!(f, "fetch {url}: timed out ({phase})"),
             Self::TooLarge {
                 url,
@@ -87,6 +106,28 @@ impl fmt::Display for FetchError {
 impl std::error::Error for FetchError {}
 
 impl FetchError {
+    /// Whether trying again within the same interval may help: not for a client error the
+    /// server will repeat, a body over the cap, or a server that asked us to wait.
+    pub fn worth_retrying_soon(&self) -> bool {
+        match self {
+            Self::Status {
+                status,
+                retry_after,
+                ..
+            } => retry_after.is_none() && (*status >= 500 || *status == 408),
+            Self::TooLarge { .. } | Self::File { .. } | Self::Redirects { .. } => false,
+            _ => true,
+        }
+    }
+
+    /// How long the server asked us to wait before the next request, if it did.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::Status { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+
     /// A short stable label for counters ("status", "timeout", ...).
     pub fn kind(&self) -> &'static str {
         match self {
@@ -109,7 +150,14 @@ pub struct Fetcher {
     url: String,
     redacted: String,
     max_body_bytes: u64,
+    /// Send `If-None-Match` / `If-Modified-Since` from the last 200's validators.
+    conditional: bool,
+    etag: Option<String>,
+    last_modified: Option<String>,
 }
+
+/// The longest `Retry-After` honoured; a bigger one is capped so a typo can't stop polling.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 
 const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
 
@@ -128,7 +176,17 @@ impl Fetcher {
             url: settings.url.clone(),
             redacted: redact_url(&settings.url),
             max_body_bytes: settings.max_body_bytes,
+            conditional: false,
+            etag: None,
+            last_modified: None,
         }
+    }
+
+    /// Turns conditional GET on: the server's own `ETag` / `Last-Modified` are sent back,
+    /// and a 304 comes back as `Fetch::NotModified`.
+    pub fn with_conditional_get(mut self, on: bool) -> Fetcher {
+        self.conditional = on;
+        self
     }
 
     /// The URL as it may appear in logs: query values masked.
@@ -137,28 +195,49 @@ impl Fetcher {
     }
 
     /// One GET (or file read), bounded by the configured timeouts and body cap.
-    pub fn fetch(&mut self) -> Result<Fetched, FetchError> {
+    pub fn fetch(&mut self) -> Result<Fetch, FetchError> {
         let fetched = if let Some(path) = file_path(&self.url) {
             self.read_file(path)?
         } else {
-            self.get()?
+            match self.get()? {
+                Fetch::Body(fetched) => fetched,
+                Fetch::NotModified => return Ok(Fetch::NotModified),
+            }
         };
-        self.gunzip_undeclared(fetched)
+        self.gunzip_undeclared(fetched).map(Fetch::Body)
     }
 
-    fn get(&mut self) -> Result<Fetched, FetchError> {
+    fn get(&mut self) -> Result<Fetch, FetchError> {
         let url = &self.redacted;
-        let mut response = self
-            .agent
-            .get(&self.url)
-            .call()
-            .map_err(|e| map_ureq_error(url, e))?;
+        let mut request = self.agent.get(&self.url);
+        if self.conditional {
+            if let Some(etag) = &self.etag {
+                request = request.header("If-None-Match", etag);
+            }
+            if let Some(date) = &self.last_modified {
+                request = request.header("If-Modified-Since", date);
+            }
+        }
+        let mut response = request.call().map_err(|e| map_ureq_error(url, e))?;
         let status = response.status().as_u16();
+        if status == 304 && self.conditional {
+            return Ok(Fetch::NotModified);
+        }
         if !(200..300).contains(&status) {
+            let retry_after = matches!(status, 429 | 503)
+                .then(|| header(&response, "retry-after"))
+                .flatten()
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map(|secs| Duration::from_secs(secs).min(MAX_RETRY_AFTER));
             return Err(FetchError::Status {
                 url: url.clone(),
                 status,
+                retry_after,
             });
+        }
+        if self.conditional {
+            self.etag = header(&response, "etag");
+            self.last_modified = header(&response, "last-modified");
         }
         let body = response.body_mut();
         let announced = body.content_length();
@@ -182,7 +261,7 @@ impl Fetcher {
             .read_to_vec()
             .map_err(|e| map_ureq_error(url, e))?;
         let wire_bytes = announced.unwrap_or(body.len() as u64);
-        Ok(Fetched { body, wire_bytes })
+        Ok(Fetch::Body(Fetched { body, wire_bytes }))
     }
 
     fn read_file(&self, path: &str) -> Result<Fetched, FetchError> {
@@ -239,6 +318,14 @@ impl Fetcher {
     }
 }
 
+fn header(response: &ureq::http::Response<ureq::Body>, name: &str) -> Option<String> {
+    response
+        .headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+}
+
 enum CapError {
     Io(std::io::Error),
     TooLarge,
@@ -265,7 +352,11 @@ fn file_path(url: &str) -> Option<&str> {
 fn map_ureq_error(url: &str, e: ureq::Error) -> FetchError {
     let url = url.to_string();
     match e {
-        ureq::Error::StatusCode(status) => FetchError::Status { url, status },
+        ureq::Error::StatusCode(status) => FetchError::Status {
+            url,
+            status,
+            retry_after: None,
+        },
         ureq::Error::Timeout(t) => FetchError::Timeout {
             url,
             phase: timeout_phase(t).to_string(),
@@ -393,7 +484,6 @@ fn redact_text(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     #[test]
     fn redaction() {
@@ -409,6 +499,13 @@ mod tests {
         check("file:///tmp/feed.pb", "file:///tmp/feed.pb");
         check("https://host", "https://host");
         check("nonsense", "<invalid url>");
+    }
+
+    fn body(fetch: Fetch) -> Vec<u8> {
+        match fetch {
+            Fetch::Body(f) => f.body,
+            Fetch::NotModified => panic!("304 from a file"),
+        }
     }
 
     fn settings(url: &str, max: u64) -> FetchSettings {
@@ -428,8 +525,8 @@ mod tests {
         let plain = dir.join("plain.pb");
         std::fs::write(&plain, b"\x0a\x03abc").unwrap();
         let url = format!("file://{}", plain.display());
-        let got = Fetcher::new(&settings(&url, 100)).fetch().unwrap();
-        assert_eq!(got.body, b"\x0a\x03abc");
+        let got = body(Fetcher::new(&settings(&url, 100)).fetch().unwrap());
+        assert_eq!(got, b"\x0a\x03abc");
 
         let err = Fetcher::new(&settings(&url, 3)).fetch().unwrap_err();
         assert_eq!(err.kind(), "too_large", "{err}");
@@ -439,8 +536,8 @@ mod tests {
         std::io::Write::write_all(&mut enc, b"\x0a\x03abc").unwrap();
         std::fs::write(&gz, enc.finish().unwrap()).unwrap();
         let url = format!("file://{}", gz.display());
-        let got = Fetcher::new(&settings(&url, 100)).fetch().unwrap();
-        assert_eq!(got.body, b"\x0a\x03abc");
+        let got = body(Fetcher::new(&settings(&url, 100)).fetch().unwrap());
+        assert_eq!(got, b"\x0a\x03abc");
 
         let bad = dir.join("bad.gz");
         std::fs::write(&bad, b"\x1f\x8b\x08\x00garbage").unwrap();

@@ -95,6 +95,11 @@ pub enum Response {
     Redirect(String),
     /// Read the request, then close the socket without a word (reset).
     Reset,
+    /// 200 with an `ETag`, or 304 when the request's `If-None-Match` matches it.
+    ETagged {
+        body: Vec<u8>,
+        etag: String,
+    },
 }
 
 impl Response {
@@ -150,6 +155,12 @@ impl FeedServer {
         self.requests.load(Ordering::SeqCst)
     }
 
+    /// Time between request `a` and request `b` (0-based).
+    pub fn gap(&self, a: usize, b: usize) -> Duration {
+        let times = self.times.lock().unwrap();
+        times[b].duration_since(times[a])
+    }
+
     /// The longest pause between two consecutive requests.
     pub fn max_gap(&self) -> Duration {
         let times = self.times.lock().unwrap();
@@ -195,21 +206,39 @@ fn serve(
         if reader.read_line(&mut line).unwrap_or(0) == 0 {
             return;
         }
+        let mut if_none_match = None;
         loop {
             let mut header = String::new();
             if reader.read_line(&mut header).unwrap_or(0) == 0 || header == "\r\n" {
                 break;
             }
+            if let Some((name, value)) = header.split_once(':') {
+                if name.eq_ignore_ascii_case("if-none-match") {
+                    if_none_match = Some(value.trim().to_string());
+                }
+            }
         }
         times.lock().unwrap().push(Instant::now());
         let n = counter.fetch_add(1, Ordering::SeqCst);
         let response = &script[n.min(script.len() - 1)];
+        if let (Response::ETagged { etag, .. }, Some(sent)) = (response, &if_none_match) {
+            if sent == etag {
+                let not_modified = "HTTP/1.1 304 Not Modified\r\nContent-Length: 0\r\n\r\n";
+                if reader.get_mut().write_all(not_modified.as_bytes()).is_err() {
+                    return;
+                }
+                continue;
+            }
+        }
         if respond(reader.get_mut(), response).is_err() {
             return;
         }
         if !matches!(
             response,
-            Response::Ok(_) | Response::Status(_) | Response::Redirect(_)
+            Response::Ok(_)
+                | Response::Status(_)
+                | Response::Redirect(_)
+                | Response::ETagged { .. }
         ) {
             return;
         }
@@ -290,6 +319,14 @@ fn respond(stream: &mut TcpStream, response: &Response) -> std::io::Result<()> {
             "HTTP/1.1 302 Found\r\nLocation: {location}\r\nContent-Length: 0\r\n\r\n"
         ),
         Response::Reset => Ok(()),
+        Response::ETagged { body, etag } => {
+            write!(
+                stream,
+                "HTTP/1.1 200 OK\r\nETag: {etag}\r\nContent-Length: {}\r\n\r\n",
+                body.len()
+            )?;
+            stream.write_all(body)
+        }
     }
 }
 
