@@ -13,11 +13,12 @@ use crate::config::{Config, Mode, RecordTimestamp, SkipUnchanged};
 use crate::decode::{decode_entities, DecodeError};
 use crate::fetch::{Fetch, FetchError, Fetcher};
 use crate::json::{transcode_feed, write_entity, Envelope, FieldNames};
+use crate::metrics::{self, MetricsServer};
 use crate::notify::Notifier;
 use crate::queue::{Queue, RecordSpan, Snapshot};
 use crate::signals::Signals;
 use crate::sink::{Landed, OutRecord, Sink, SinkError};
-use crate::spool::Spool;
+use crate::spool::{Spool, SpoolError};
 
 /// The most document bytes sent in one produce request when catching up. Kept under the
 /// brokers' default 1 MB `message.max.bytes`, which applies to a whole batch.
@@ -363,6 +364,27 @@ pub fn retry_delay(failures: u32, noise: u64) -> Duration {
     capped.mul_f64(jitter)
 }
 
+/// Why the loop could not start; `Display` names the setting to fix.
+#[derive(Debug)]
+pub enum StartError {
+    Spool(SpoolError),
+    Metrics { addr: String, cause: std::io::Error },
+}
+
+impl fmt::Display for StartError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StartError::Spool(e) => write!(f, "{e} (check SPOOL_DIR / --spool-dir)"),
+            StartError::Metrics { addr, cause } => write!(
+                f,
+                "cannot listen on {addr}: {cause} (check METRICS_ADDR / --metrics-addr)"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for StartError {}
+
 /// What a failed fetch tells the scheduler.
 struct FetchFailure {
     worth_retrying: bool,
@@ -394,6 +416,10 @@ pub struct Runner<'a> {
     retry_at: Option<Instant>,
     /// What the last poll's fetch failure allows: an early retry, or a server-set pause.
     last_fetch_failure: Option<FetchFailure>,
+    metrics: Option<MetricsServer>,
+    last_delivery_unix: Option<f64>,
+    last_send_seconds: Option<f64>,
+    started_unix: f64,
     /// How many snapshots the failed attempt carried: the retry resends exactly those, so
     /// the idempotent producer's sequence numbers match and the broker drops a duplicate.
     retry_batch: Option<usize>,
@@ -405,7 +431,7 @@ impl<'a> Runner<'a> {
         config: &'a Config,
         pipeline: Pipeline,
         sink: &'a mut dyn Sink,
-    ) -> Result<Runner<'a>, crate::spool::SpoolError> {
+    ) -> Result<Runner<'a>, StartError> {
         let mut runner = Runner {
             config,
             pipeline,
@@ -418,9 +444,21 @@ impl<'a> Runner<'a> {
             retry_at: None,
             retry_batch: None,
             last_fetch_failure: None,
+            metrics: None,
+            last_delivery_unix: None,
+            last_send_seconds: None,
+            started_unix: metrics::now_unix(),
         };
+        if let Some(addr) = &config.metrics_addr {
+            let server = MetricsServer::bind(addr).map_err(|cause| StartError::Metrics {
+                addr: addr.clone(),
+                cause,
+            })?;
+            log::info!("metrics on http://{addr}/metrics and /health");
+            runner.metrics = Some(server);
+        }
         if let Some(dir) = &config.spool_dir {
-            let (spool, recovered) = Spool::open(dir)?;
+            let (spool, recovered) = Spool::open(dir).map_err(StartError::Spool)?;
             runner.next_seq = recovered.next_seq;
             if !recovered.snapshots.is_empty() || recovered.corrupt > 0 {
                 log::info!(
@@ -450,13 +488,20 @@ impl<'a> Runner<'a> {
         notifier.ready();
         loop {
             notifier.watchdog();
+            self.serve_metrics();
             let now = Instant::now();
             let send_at = (!self.queue.is_empty()).then(|| self.retry_at.unwrap_or(now));
             match next_step(now, due, send_at, signals.stop_requested()) {
                 Step::Stop => break,
                 Step::Sleep(d) => {
-                    // Wake in time for the systemd watchdog even on long intervals.
-                    signals.sleep(notifier.watchdog_interval().map_or(d, |w| d.min(w)));
+                    // Wake in time for the systemd watchdog even on long intervals, and
+                    // often enough to answer scrapes when a metrics listener is open.
+                    let d = notifier.watchdog_interval().map_or(d, |w| d.min(w));
+                    let d = match self.metrics {
+                        Some(_) => d.min(metrics::SERVICE_INTERVAL),
+                        None => d,
+                    };
+                    signals.sleep(d);
                 }
                 Step::Send => {
                     let deadline = (now + self.config.delivery_timeout).min(due);
@@ -472,6 +517,7 @@ impl<'a> Runner<'a> {
                     let line = self.poll_and_send(now, deadline);
                     last_ok = line.is_ok();
                     notifier.status(line.as_ref().unwrap_or_else(|e| e));
+                    self.write_metrics_textfile();
                     if self.config.once {
                         break;
                     }
@@ -587,6 +633,7 @@ impl<'a> Runner<'a> {
             }
         }
         let last = last.unwrap_or(Landed::Stdout);
+        self.last_send_seconds = Some(started.elapsed().as_secs_f64());
         let line = describe(&polled, &last, started.elapsed(), now_unix);
         log::info!("{line}");
         Ok(line)
@@ -646,6 +693,9 @@ impl<'a> Runner<'a> {
         for s in self.queue.acknowledge(&acked) {
             self.stats.delivered += 1;
             self.unspool(&s);
+        }
+        if !acked.is_empty() {
+            self.last_delivery_unix = Some(metrics::now_unix());
         }
         let Some(e) = error else {
             self.failures = 0;
@@ -769,6 +819,33 @@ impl<'a> Runner<'a> {
                 }
             },
             _ => "dropped (no SPOOL_DIR to keep it)".to_string(),
+        }
+    }
+
+    fn metrics_view(&self) -> metrics::View {
+        metrics::View {
+            stats: self.stats.clone(),
+            queue_snapshots: self.queue.len(),
+            queue_bytes: self.queue.bytes(),
+            last_delivery_unix: self.last_delivery_unix,
+            last_send_seconds: self.last_send_seconds,
+            started_unix: self.started_unix,
+            poll_interval: self.config.poll_interval,
+        }
+    }
+
+    fn serve_metrics(&self) {
+        if let Some(server) = &self.metrics {
+            server.serve_pending(&self.config.source_id, &self.metrics_view());
+        }
+    }
+
+    fn write_metrics_textfile(&self) {
+        if let Some(path) = &self.config.metrics_textfile {
+            let view = self.metrics_view();
+            if let Err(e) = metrics::write_textfile(path, &self.config.source_id, &view) {
+                log::warn!("metrics textfile {}: {e}", path.display());
+            }
         }
     }
 

@@ -139,6 +139,10 @@ pub struct Config {
     pub queue_max_bytes: usize,
     /// Crash-safe copies of unsent snapshots; `None` = memory only.
     pub spool_dir: Option<std::path::PathBuf>,
+    /// `host:port` for the Prometheus `/metrics` and `/health` listener.
+    pub metrics_addr: Option<String>,
+    /// node_exporter textfile to rewrite after each poll.
+    pub metrics_textfile: Option<std::path::PathBuf>,
 }
 
 /// An invalid setting: names it (env var and flag) and says why.
@@ -188,6 +192,8 @@ const SETTINGS: &[Setting] = &[
     s(Some("RUST_LOG"), "--log-level"),
     s(Some("QUEUE_MAX_BYTES"), "--queue-max-bytes"),
     s(Some("SPOOL_DIR"), "--spool-dir"),
+    s(Some("METRICS_ADDR"), "--metrics-addr"),
+    s(Some("METRICS_TEXTFILE"), "--metrics-textfile"),
     s(Some("KAFKA_IDEMPOTENCE"), "--idempotence"),
     Setting {
         env: None,
@@ -445,6 +451,8 @@ fn run_config(raw: &Raw) -> Result<Config, ConfigError> {
             .try_into()
             .unwrap_or(usize::MAX),
         spool_dir: spool_dir(raw),
+        metrics_addr: raw.get("--metrics-addr").map(|(_, v)| v),
+        metrics_textfile: raw.get("--metrics-textfile").map(|(_, v)| v.into()),
     })
 }
 
@@ -685,6 +693,10 @@ DELIVERY GUARANTEES
     --queue-max-bytes N        QUEUE_MAX_BYTES    unsent snapshots kept; oldest dropped beyond [default: 64MiB]
     --spool-dir DIR            SPOOL_DIR          crash-safe copies of unsent snapshots
                                                   [default: $STATE_DIRECTORY under systemd, else none]
+
+METRICS
+    --metrics-addr HOST:PORT   METRICS_ADDR       serve /metrics (Prometheus) and /health
+    --metrics-textfile PATH    METRICS_TEXTFILE   rewrite a node_exporter textfile after each poll
 
 PROCESS
     --once                                        one poll; exit 0 if delivered, 1 if not

@@ -10,6 +10,7 @@ pub mod decode;
 pub mod fetch;
 pub mod json;
 pub mod kafka;
+pub mod metrics;
 pub mod notify;
 pub mod queue;
 pub mod signals;

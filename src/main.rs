@@ -64,8 +64,8 @@ fn run(config: &Config) -> ExitCode {
     let runner = match Runner::new(config, pipeline, sink.as_mut()) {
         Ok(r) => r,
         Err(e) => {
-            log::error!("{e} (check SPOOL_DIR / --spool-dir)");
-            return ExitCode::from(EXIT_FAILED);
+            log::error!("{e}");
+            return ExitCode::from(EXIT_CONFIG);
         }
     };
     let outcome = runner.run(&mut signals, &notifier);
