@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::config::{Config, Mode, RecordTimestamp, SkipUnchanged};
 use crate::decode::{decode_entities, DecodeError};
-use crate::fetch::{Fetch, FetchError, Fetcher};
+use crate::fetch::{Fetch, FetchError, Fetched, Fetcher};
 use crate::json::{transcode_feed, write_entity, Envelope, FieldNames};
 use crate::metrics::{self, MetricsServer};
 use crate::notify::Notifier;
@@ -155,11 +155,15 @@ impl Pipeline {
             Fetch::Body(fetched) => fetched,
             Fetch::NotModified => return Ok(PollOutcome::Unchanged(Unchanged::NotModified)),
         };
-        let decode_error = |error| PollError::Decode {
+        self.convert(&fetched).map_err(|error| PollError::Decode {
             url: self.fetcher.redacted_url().to_string(),
             error,
-        };
-        let feed = decode_entities(&fetched.body).map_err(decode_error)?;
+        })
+    }
+
+    /// Decodes and converts fetched bytes (a poll's, or an archived capture's in `replay`).
+    pub fn convert(&mut self, fetched: &Fetched) -> Result<PollOutcome, DecodeError> {
+        let feed = decode_entities(&fetched.body)?;
         if let Some(unchanged) = self.unchanged(&fetched.body, feed.header().timestamp) {
             return Ok(PollOutcome::Unchanged(unchanged));
         }
@@ -182,8 +186,7 @@ impl Pipeline {
         let mut payload = Vec::with_capacity(self.last_payload_len + 4096);
         let records = match self.mode {
             Mode::Feed => {
-                transcode_feed(&mut payload, &fetched.body, self.names, Some(&envelope))
-                    .map_err(decode_error)?;
+                transcode_feed(&mut payload, &fetched.body, self.names, Some(&envelope))?;
                 vec![span(None, 0, payload.len())]
             }
             Mode::Entity => {
@@ -204,8 +207,7 @@ impl Pipeline {
                         Some(&envelope),
                     );
                     records.push(span(key_start, value_start, payload.len()));
-                })
-                .map_err(decode_error)?;
+                })?;
                 records
             }
         };
@@ -819,6 +821,85 @@ impl<'a> Runner<'a> {
                 }
             },
             _ => "dropped (no SPOOL_DIR to keep it)".to_string(),
+        }
+    }
+
+    /// `replay`: sends archived captures (.pb, gzipped or not) in the given order, each
+    /// delivered before the next is read; retries until delivered or stopped. Progress goes
+    /// to a terminal as one updating line, otherwise one log line per file.
+    pub fn replay(mut self, files: &[std::path::PathBuf], signals: &mut Signals) -> RunOutcome {
+        let on_terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
+        let mut all_ok = true;
+        for (i, path) in files.iter().enumerate() {
+            if signals.stop_requested() {
+                break;
+            }
+            self.stats.polls += 1;
+            let settings = crate::config::FetchSettings {
+                url: format!("file://{}", path.display()),
+                ..self.config.fetch.clone()
+            };
+            let converted = match Fetcher::new(&settings).fetch() {
+                Ok(Fetch::Body(body)) => self.pipeline.convert(&body).map_err(|e| e.to_string()),
+                Ok(Fetch::NotModified) => Err("not modified".to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            let polled = match converted {
+                Ok(PollOutcome::New(p)) => p,
+                Ok(PollOutcome::Unchanged(why)) => {
+                    log::info!("replay {}: {why}", path.display());
+                    continue;
+                }
+                Err(e) => {
+                    self.stats.decode_errors += 1;
+                    all_ok = false;
+                    log::error!("replay {}: {e}", path.display());
+                    continue;
+                }
+            };
+            let seq = self.next_seq;
+            self.next_seq += 1;
+            let records = polled.records.len();
+            self.enqueue(Snapshot::new(
+                seq,
+                polled.payload,
+                polled.records,
+                polled.timestamp_ms,
+            ));
+            while !self.queue.is_empty() && !signals.stop_requested() {
+                let deadline = Instant::now() + self.config.delivery_timeout;
+                if let Err(e) = self.send_batch(deadline) {
+                    log::warn!("replay {}: {e}; retrying", path.display());
+                    let wait = self.retry_at.map_or(Duration::ZERO, |t| {
+                        t.saturating_duration_since(Instant::now())
+                    });
+                    signals.sleep(wait);
+                }
+            }
+            if on_terminal {
+                eprint!(
+                    "\rreplay: {}/{} files, {} delivered, {} failed ",
+                    i + 1,
+                    files.len(),
+                    self.stats.delivered,
+                    self.stats.decode_errors
+                );
+            } else {
+                log::info!(
+                    "replay {}/{}: {} ({records} records)",
+                    i + 1,
+                    files.len(),
+                    path.display()
+                );
+            }
+        }
+        if on_terminal {
+            eprintln!();
+        }
+        self.drain(Instant::now());
+        RunOutcome {
+            last_ok: all_ok && self.stats.unsent == 0 && !signals.stop_requested(),
+            stats: self.stats,
         }
     }
 

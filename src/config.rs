@@ -37,6 +37,11 @@ pub enum Command {
     Run(Box<Config>),
     /// Print the document that would be sent for a .pb file (`None` = stdin).
     Convert(ConvertConfig),
+    /// Send archived captures (files, or every file of a directory) in order.
+    Replay {
+        config: Box<Config>,
+        inputs: Vec<String>,
+    },
     Help,
     Version,
 }
@@ -278,9 +283,8 @@ pub fn parse(
     let mut args = args.into_iter().peekable();
     let mut subcommand = None;
     if let Some(first) = args.peek() {
-        if first == "convert" {
-            args.next();
-            subcommand = Some("convert");
+        if first == "convert" || first == "replay" {
+            subcommand = args.next();
         }
     }
     let mut raw = Raw {
@@ -298,8 +302,15 @@ pub fn parse(
             _ => positional.push(arg),
         }
     }
-    match subcommand {
-        Some(_) => convert_config(&raw, positional),
+    match subcommand.as_deref() {
+        Some("convert") => convert_config(&raw, positional),
+        Some(_) if positional.is_empty() => {
+            Err(usage("replay takes one or more FILES or a DIR".to_string()))
+        }
+        Some(_) => Ok(Command::Replay {
+            config: Box::new(run_config(&raw)?),
+            inputs: positional,
+        }),
         None if !positional.is_empty() => Err(usage(format!(
             "unexpected argument {:?} (the only subcommand is `convert FILE|-`)",
             positional[0]
@@ -655,6 +666,8 @@ gtfs-rt-kafka: poll a GTFS-Realtime feed, convert it to protobuf JSON, produce i
 USAGE:
     gtfs-rt-kafka [OPTIONS]              poll forever (or once with --once)
     gtfs-rt-kafka convert FILE|- [OPTIONS]   print the JSON document for a .pb file
+    gtfs-rt-kafka replay FILE...|DIR [OPTIONS]
+                                         send archived captures in order (backfill, testing)
 
 Every option can also be set from the environment variable shown; the flag wins.
 
