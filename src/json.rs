@@ -531,12 +531,14 @@ impl<'a> Writer<'a> {
     }
 
     /// Makes room for `n <= STAGE_LEN` more staged bytes.
+    #[inline]
     fn reserve(&mut self, n: usize) {
         if self.staged + n > STAGE_LEN {
             self.flush();
         }
     }
 
+    #[inline]
     fn byte(&mut self, b: u8) {
         self.reserve(1);
         self.stage[self.staged] = b;
@@ -545,6 +547,7 @@ impl<'a> Writer<'a> {
 
     /// Writes the first `len` bytes of `bytes`. Copying all N of a fixed-size array compiles to a few
     /// register moves; the bytes past `len` are overwritten by what comes next.
+    #[inline]
     fn fixed<const N: usize>(&mut self, bytes: &[u8; N], len: usize) {
         self.reserve(N);
         self.stage[self.staged..self.staged + N].copy_from_slice(bytes);
@@ -563,6 +566,7 @@ impl<'a> Writer<'a> {
     }
 
     /// The last byte written, staged or already in `out`.
+    #[inline]
     fn last_mut(&mut self) -> Option<&mut u8> {
         match self.staged {
             0 => self.out.last_mut(),
@@ -572,10 +576,12 @@ impl<'a> Writer<'a> {
 
     // Structure.
 
+    #[inline]
     fn open(&mut self, bracket: u8) {
         self.byte(bracket);
     }
 
+    #[inline]
     fn close(&mut self, bracket: u8) {
         // No value ends in ',', so a trailing ',' is the separator after the last member.
         match self.last_mut() {
@@ -584,11 +590,13 @@ impl<'a> Writer<'a> {
         }
     }
 
+    #[inline]
     fn key(&mut self, key: &Key) {
         let text = if self.camel { &key.camel } else { &key.proto };
         self.fixed(&text.bytes, text.len);
     }
 
+    #[inline]
     fn end_member(&mut self) {
         self.byte(b',');
     }
@@ -775,6 +783,7 @@ impl<'a> Writer<'a> {
         self.byte(b'"');
     }
 
+    #[inline]
     fn u64_value(&mut self, n: u64) {
         // Digits go straight to their place: built elsewhere and then copied, the copy would wait
         // on the small stores that built them.
@@ -784,6 +793,7 @@ impl<'a> Writer<'a> {
         self.staged += len;
     }
 
+    #[inline]
     fn i64_value(&mut self, n: i64) {
         if n < 0 {
             self.byte(b'-');
@@ -862,11 +872,13 @@ const DIGIT_PAIRS: &[u8; 200] = b"0001020304050607080910111213141516171819\
 6061626364656667686970717273747576777879\
 8081828384858687888990919293949596979899";
 
+#[inline]
 fn decimal_len(n: u64) -> usize {
     n.checked_ilog10().unwrap_or(0) as usize + 1
 }
 
 /// Fills `digits`, which is `decimal_len(n)` long, with `n` in decimal.
+#[inline]
 fn write_digits(mut n: u64, digits: &mut [u8]) {
     let mut pos = digits.len();
     while n >= 100 && pos >= 2 {
