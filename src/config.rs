@@ -111,6 +111,16 @@ pub struct KafkaSettings {
     pub request_timeout: Duration,
     pub client_id: String,
     pub idempotence: bool,
+    /// `--create-topic`: create the topic at start when it is missing.
+    pub create_topic: Option<NewTopic>,
+}
+
+/// How `--create-topic` creates the topic; -1 leaves a value to the broker's default.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewTopic {
+    pub partitions: i32,
+    pub replication_factor: i16,
+    pub configs: Vec<(String, String)>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -200,6 +210,13 @@ const SETTINGS: &[Setting] = &[
     s(Some("METRICS_ADDR"), "--metrics-addr"),
     s(Some("METRICS_TEXTFILE"), "--metrics-textfile"),
     s(Some("KAFKA_IDEMPOTENCE"), "--idempotence"),
+    s(Some("TOPIC_PARTITIONS"), "--topic-partitions"),
+    s(
+        Some("TOPIC_REPLICATION_FACTOR"),
+        "--topic-replication-factor",
+    ),
+    s(Some("TOPIC_CONFIG"), "--topic-config"),
+    s(Some("CREATE_TOPIC"), "--create-topic"),
     Setting {
         env: None,
         flag: "--once",
@@ -423,6 +440,7 @@ fn run_config(raw: &Raw) -> Result<Config, ConfigError> {
             )?,
             client_id: raw.string("--client-id", Defaults::CLIENT_ID),
             idempotence,
+            create_topic: new_topic(raw)?,
         },
         sink: raw.typed("--sink", SinkKind::Kafka, parse_sink)?,
         poll_interval,
@@ -465,6 +483,44 @@ fn run_config(raw: &Raw) -> Result<Config, ConfigError> {
         metrics_addr: raw.get("--metrics-addr").map(|(_, v)| v),
         metrics_textfile: raw.get("--metrics-textfile").map(|(_, v)| v.into()),
     })
+}
+
+/// `CREATE_TOPIC=true` / `--create-topic true` with its partitions, replication and configs.
+fn new_topic(raw: &Raw) -> Result<Option<NewTopic>, ConfigError> {
+    if !raw.typed("--create-topic", false, parse_bool)? {
+        return Ok(None);
+    }
+    let partitions = raw.typed("--topic-partitions", -1, |v| match v.parse::<i32>() {
+        Ok(n) if n >= 1 || n == -1 => Ok(n),
+        _ => Err(format!(
+            "{v:?} is not a partition count (1.., or -1 for the broker default)"
+        )),
+    })?;
+    let replication_factor = raw.typed("--topic-replication-factor", -1, |v| {
+        match v.parse::<i16>() {
+            Ok(n) if n >= 1 || n == -1 => Ok(n),
+            _ => Err(format!("{v:?} is not a replication factor (1.., or -1)")),
+        }
+    })?;
+    let configs = raw.typed("--topic-config", Vec::new(), |v| {
+        v.split(',')
+            .map(str::trim)
+            .filter(|kv| !kv.is_empty())
+            .map(|kv| match kv.split_once('=') {
+                Some((k, val)) if !k.trim().is_empty() => {
+                    Ok((k.trim().to_string(), val.trim().to_string()))
+                }
+                _ => Err(format!(
+                    "{kv:?} is not name=value (e.g. retention.ms=86400000)"
+                )),
+            })
+            .collect()
+    })?;
+    Ok(Some(NewTopic {
+        partitions,
+        replication_factor,
+        configs,
+    }))
 }
 
 /// `SPOOL_DIR`/`--spool-dir`, else systemd's `$STATE_DIRECTORY` (first entry), else none.
@@ -699,6 +755,10 @@ KAFKA
     --compression CODEC        KAFKA_COMPRESSION  none|gzip|snappy|lz4|zstd [default: none]
     --kafka-request-timeout S  KAFKA_REQUEST_TIMEOUT [default: 10]
     --client-id ID             KAFKA_CLIENT_ID    [default: gtfs-rt-kafka]
+    --create-topic BOOL        CREATE_TOPIC       create the topic at start if missing [default: false]
+    --topic-partitions N       TOPIC_PARTITIONS   for --create-topic [default: broker's]
+    --topic-replication-factor N TOPIC_REPLICATION_FACTOR [default: broker's]
+    --topic-config K=V,...     TOPIC_CONFIG       topic configs, e.g. retention.ms=86400000
     --delivery-timeout SECS    DELIVERY_TIMEOUT   longest send attempt (also capped by the next poll) [default: 10]
     --idempotence BOOL         KAFKA_IDEMPOTENCE  retries never duplicate [default: true with acks=all]
 

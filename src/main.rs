@@ -6,7 +6,7 @@
 
 use std::io::{Read, Write};
 use std::process::ExitCode;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use gtfs_rt_kafka::app::{Pipeline, Runner};
 use gtfs_rt_kafka::config::{self, Command, Config, ConvertConfig, SinkKind};
@@ -51,7 +51,13 @@ fn run(config: &Config) -> ExitCode {
     };
     let pipeline = Pipeline::new(config);
     let mut sink: Box<dyn Sink> = match config.sink {
-        SinkKind::Kafka => Box::new(KafkaSink::new(&config.kafka)),
+        SinkKind::Kafka => {
+            let mut kafka = KafkaSink::new(&config.kafka);
+            if let Some(topic) = &config.kafka.create_topic {
+                kafka.ensure_topic(topic, Instant::now() + config.delivery_timeout);
+            }
+            Box::new(kafka)
+        }
         SinkKind::Stdout => Box::new(StdoutSink::new(std::io::stdout().lock())),
     };
     log::info!(

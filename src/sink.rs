@@ -6,8 +6,10 @@ use std::fmt;
 use std::io::Write;
 use std::time::Instant;
 
-use crate::config::{AcksSetting, CompressionSetting, KafkaSettings};
-use crate::kafka::{Acks, Compression, KafkaError, Producer, ProducerConfig, Record};
+use crate::config::{AcksSetting, CompressionSetting, KafkaSettings, NewTopic};
+use crate::kafka::{
+    Acks, Compression, KafkaError, Producer, ProducerConfig, Record, TopicCreation, TopicSpec,
+};
 
 /// Where a document landed, for the poll's log line.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -116,6 +118,43 @@ impl KafkaSink {
             producer: Producer::new(config),
             topic: settings.topic.clone(),
         }
+    }
+}
+
+impl KafkaSink {
+    /// `--create-topic`: creates the topic when missing. Failing is not fatal (the broker may
+    /// auto-create it, or an operator may); it is one clear line.
+    pub fn ensure_topic(&mut self, topic: &NewTopic, deadline: Instant) {
+        let spec = TopicSpec {
+            name: self.topic.clone(),
+            partitions: topic.partitions,
+            replication_factor: topic.replication_factor,
+            configs: topic.configs.clone(),
+        };
+        match self.producer.create_topic(&spec, deadline) {
+            Ok(TopicCreation::Created) => log::info!(
+                "created topic {} ({} partitions, replication factor {})",
+                spec.name,
+                describe_default(spec.partitions.into()),
+                describe_default(spec.replication_factor.into())
+            ),
+            Ok(TopicCreation::AlreadyExists) => {
+                log::info!("topic {} already exists; left as it is", spec.name)
+            }
+            Err(e) => log::error!(
+                "cannot create topic {} (CREATE_TOPIC): {e}; create it yourself or grant this \
+                 client CREATE on it",
+                spec.name
+            ),
+        }
+    }
+}
+
+fn describe_default(n: i64) -> String {
+    if n < 0 {
+        "broker default".to_string()
+    } else {
+        n.to_string()
     }
 }
 

@@ -492,3 +492,56 @@ fn replay_a_directory_of_captures_in_order() {
     );
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// `--create-topic` with 3 partitions: entity records spread over all three; a second start
+/// finds the topic and leaves it alone.
+#[test]
+fn create_topic_on_apache_kafka_4() {
+    if let Some(broker) = broker("GRK_TEST_KAFKA4") {
+        create_topic_then_produce(&broker);
+    }
+}
+
+#[test]
+fn create_topic_on_tansu() {
+    if let Some(broker) = broker("GRK_TEST_TANSU") {
+        create_topic_then_produce(&broker);
+    }
+}
+
+fn create_topic_then_produce(broker: &str) {
+    let server = FeedServer::start(Response::fixture(VP_FIXTURE));
+    let topic = unique_topic("created");
+    let run = || {
+        Command::new(BIN)
+            .env("VEHICLE_URL", server.url("/feed"))
+            .env("KAFKA_BROKER", broker)
+            .env("KAFKA_TOPIC", &topic)
+            .args(["--once", "--mode", "entity", "--create-topic", "true"])
+            .args([
+                "--topic-partitions",
+                "3",
+                "--topic-config",
+                "retention.ms=3600000",
+            ])
+            .output()
+            .unwrap()
+    };
+    let out = run();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains(&format!("created topic {topic} (3 partitions")),
+        "{err}"
+    );
+    let records = consume(broker, &topic, 48);
+    let partitions: std::collections::HashSet<i64> = records
+        .iter()
+        .map(|r| r["partition"].as_i64().unwrap())
+        .collect();
+    assert_eq!(partitions.len(), 3, "{partitions:?}");
+    let out = run();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("already exists"), "{err}");
+}

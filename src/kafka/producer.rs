@@ -6,8 +6,11 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use kafka_protocol::messages::{ApiKey, InitProducerIdRequest, ProducerId};
-use kafka_protocol::protocol::Encodable;
+use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
+use kafka_protocol::messages::{
+    ApiKey, CreateTopicsRequest, InitProducerIdRequest, ProducerId, TopicName,
+};
+use kafka_protocol::protocol::{Encodable, StrBytes};
 
 use super::batch::{encode_batch, BatchRecord, Identity};
 use super::config::{Acks, ProducerConfig, Sasl};
@@ -19,6 +22,25 @@ use super::sasl;
 use super::transport::{Connector, TcpConnector, TlsConnector, Transport};
 use super::versions::{Handshake, HandshakeStep, Versions, INIT_PRODUCER_ID};
 use super::{partitioner, wire};
+
+/// A topic to create: -1 partitions or replication factor means the broker's default.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicSpec {
+    pub name: String,
+    pub partitions: i32,
+    pub replication_factor: i16,
+    pub configs: Vec<(String, String)>,
+}
+
+/// What `create_topic` found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TopicCreation {
+    Created,
+    AlreadyExists,
+}
+
+const TOPIC_ALREADY_EXISTS: i16 = 36;
+const NOT_CONTROLLER: i16 = 41;
 
 /// One record to produce. The timestamp is the record's creation time in ms since the epoch.
 #[derive(Debug, Clone, Copy)]
@@ -710,6 +732,85 @@ impl Producer {
                 phase: super::error::Phase::Connect,
             })),
         })
+    }
+
+    /// Creates `spec.name` unless it exists (`--create-topic`). Any broker takes the request
+    /// (KRaft forwards it to the controller); NOT_CONTROLLER and timeouts try the next one.
+    pub fn create_topic(
+        &mut self,
+        spec: &TopicSpec,
+        deadline: Instant,
+    ) -> Result<TopicCreation, KafkaError> {
+        let configs = spec
+            .configs
+            .iter()
+            .map(|(k, v)| {
+                CreatableTopicConfig::default()
+                    .with_name(StrBytes::from_string(k.clone()))
+                    .with_value(Some(StrBytes::from_string(v.clone())))
+            })
+            .collect();
+        let topic = CreatableTopic::default()
+            .with_name(TopicName(StrBytes::from_string(spec.name.clone())))
+            .with_num_partitions(spec.partitions)
+            .with_replication_factor(spec.replication_factor)
+            .with_configs(configs);
+        let timeout_ms =
+            i32::try_from(self.request_budget(deadline).as_millis()).unwrap_or(i32::MAX);
+        let request = CreateTopicsRequest::default()
+            .with_topics(vec![topic])
+            .with_timeout_ms(timeout_ms);
+        let mut last = None;
+        for addr in self.candidates() {
+            let topics = match self.call(
+                &addr,
+                ApiKey::CreateTopics,
+                |v| v.create_topics,
+                &request,
+                response::create_topics,
+                deadline,
+            ) {
+                Ok(t) => t,
+                Err(e) if e.is_retriable() => {
+                    last = Some(e);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let Some(result) = topics.into_iter().find(|t| t.name == spec.name) else {
+                return Err(KafkaError::Malformed {
+                    broker: addr,
+                    api: "CreateTopics",
+                    detail: format!("no result for topic {}", spec.name),
+                });
+            };
+            match result.error_code {
+                0 => return Ok(TopicCreation::Created),
+                TOPIC_ALREADY_EXISTS => return Ok(TopicCreation::AlreadyExists),
+                NOT_CONTROLLER => {
+                    last = Some(KafkaError::broker_code(
+                        &addr,
+                        &spec.name,
+                        None,
+                        NOT_CONTROLLER,
+                        result.error_message,
+                    ));
+                }
+                code => {
+                    return Err(KafkaError::broker_code(
+                        &addr,
+                        &spec.name,
+                        None,
+                        code,
+                        result.error_message,
+                    ))
+                }
+            }
+        }
+        Err(last.unwrap_or(KafkaError::Timeout {
+            broker: "-".to_owned(),
+            phase: super::error::Phase::Connect,
+        }))
     }
 
     fn init_producer_id(&mut self, deadline: Instant) -> Result<(), KafkaError> {

@@ -1,5 +1,5 @@
-//! Bounded decoders for the four responses we read (ApiVersions, Metadata, Produce,
-//! InitProducerId), keeping only the fields we use. Never trusts a count: arrays grow with the
+//! Bounded decoders for the responses we read (ApiVersions, Metadata, Produce, InitProducerId,
+//! SaslHandshake, SaslAuthenticate), keeping only the fields we use. Never trusts a count: arrays grow with the
 //! bytes actually present, so a hostile length cannot make us allocate. No I/O.
 //!
 //! (kafka-protocol's own decoders pre-allocate `Vec::with_capacity(count)` from the wire; a
@@ -77,6 +77,19 @@ impl<'a> Reader<'a> {
         String::from_utf8(bytes.to_vec())
             .map(Some)
             .map_err(|_| format!("{what}: not UTF-8"))
+    }
+
+    /// A (nullable) byte string, compact in flexible versions; null reads as empty.
+    fn bytes(&mut self, what: &str) -> R<Vec<u8>> {
+        let len: i64 = if self.flexible {
+            i64::from(self.uvarint(what)?) - 1
+        } else {
+            i64::from(self.i32(what)?)
+        };
+        if len < 0 {
+            return Ok(Vec::new());
+        }
+        Ok(self.take(len as usize, what)?.to_vec())
     }
 
     fn skip(&mut self, n: usize, what: &str) -> R<()> {
@@ -383,6 +396,115 @@ pub(crate) fn init_producer_id(body: &Bytes, version: i16) -> R<InitProducerIdVi
     Ok(view)
 }
 
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct CreatedTopicView {
+    pub name: String,
+    pub error_code: i16,
+    pub error_message: Option<String>,
+}
+
+/// CreateTopics v4..=7 (flexible from v5): per topic its name, error code and message; the
+/// v5+ partition count, replication factor and configs are skipped.
+pub(crate) fn create_topics(body: &Bytes, version: i16) -> R<Vec<CreatedTopicView>> {
+    let mut r = Reader::new(body, version >= 5);
+    r.i32("throttle_time_ms")?;
+    let topics = r.array("topics", |r| {
+        let name = r.string("topic name")?.unwrap_or_default();
+        if version >= 7 {
+            r.skip(16, "topic_id")?;
+        }
+        let error_code = r.i16("error_code")?;
+        let error_message = r.string("error_message")?;
+        if version >= 5 {
+            r.i32("num_partitions")?;
+            r.i16("replication_factor")?;
+            r.array("configs", |r| {
+                r.string("config name")?;
+                r.string("config value")?;
+                r.i8("read_only")?;
+                r.i8("config_source")?;
+                r.i8("is_sensitive")?;
+                r.tags("config tags")
+            })?;
+        }
+        r.tags("topic tags")?;
+        Ok(CreatedTopicView {
+            name,
+            error_code,
+            error_message,
+        })
+    })?;
+    r.tags("tags")?;
+    r.end("CreateTopics")?;
+    Ok(topics)
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct SaslHandshakeView {
+    pub error_code: i16,
+    /// The mechanisms the broker enables on this listener.
+    pub mechanisms: Vec<String>,
+}
+
+/// SaslHandshake v0..=1 (never flexible).
+pub(crate) fn sasl_handshake(body: &Bytes, _version: i16) -> R<SaslHandshakeView> {
+    let mut r = Reader::new(body, false);
+    let error_code = r.i16("error_code")?;
+    let mechanisms = r.array("mechanisms", |r| {
+        Ok(r.string("mechanism")?.unwrap_or_default())
+    })?;
+    r.end("SaslHandshake")?;
+    Ok(SaslHandshakeView {
+        error_code,
+        mechanisms,
+    })
+}
+
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) struct SaslAuthenticateView {
+    pub error_code: i16,
+    pub error_message: Option<String>,
+    /// The server's SASL message (a SCRAM challenge); never logged.
+    pub auth_bytes: Vec<u8>,
+    /// v1+: how long the authentication stays valid (KIP-368), 0 when the broker doesn't say.
+    pub session_lifetime_ms: i64,
+}
+
+impl std::fmt::Debug for SaslAuthenticateView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SaslAuthenticateView")
+            .field("error_code", &self.error_code)
+            .field("error_message", &self.error_message)
+            .field(
+                "auth_bytes",
+                &format_args!("<{} bytes>", self.auth_bytes.len()),
+            )
+            .field("session_lifetime_ms", &self.session_lifetime_ms)
+            .finish()
+    }
+}
+
+/// SaslAuthenticate v0..=2 (flexible from v2).
+pub(crate) fn sasl_authenticate(body: &Bytes, version: i16) -> R<SaslAuthenticateView> {
+    let mut r = Reader::new(body, version >= 2);
+    let error_code = r.i16("error_code")?;
+    let error_message = r.string("error_message")?;
+    let auth_bytes = r.bytes("auth_bytes")?;
+    let session_lifetime_ms = if version >= 1 {
+        r.i64("session_lifetime_ms")?
+    } else {
+        0
+    };
+    r.tags("tags")?;
+    r.end("SaslAuthenticate")?;
+    Ok(SaslAuthenticateView {
+        error_code,
+        error_message,
+        auth_bytes,
+        session_lifetime_ms,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -622,6 +744,74 @@ mod tests {
                 }
             );
             never_panics(&body, |b| init_producer_id(b, version));
+        }
+    }
+
+    #[test]
+    fn create_topics_every_version() {
+        use kafka_protocol::messages::create_topics_response::{
+            CreatableTopicConfigs, CreatableTopicResult,
+        };
+        use kafka_protocol::messages::CreateTopicsResponse;
+        for version in 4..=7 {
+            let mut result = CreatableTopicResult::default()
+                .with_name(TopicName(StrBytes::from_static_str("t")))
+                .with_error_code(36)
+                .with_error_message(Some(StrBytes::from_static_str("exists")));
+            if version >= 5 {
+                result = result
+                    .with_num_partitions(3)
+                    .with_replication_factor(1)
+                    .with_configs(Some(vec![CreatableTopicConfigs::default()
+                        .with_name(StrBytes::from_static_str("retention.ms"))
+                        .with_value(Some(StrBytes::from_static_str("1000")))]));
+            }
+            let body = encode(
+                &CreateTopicsResponse::default().with_topics(vec![result]),
+                version,
+            );
+            let topics = create_topics(&body, version).unwrap();
+            assert_eq!(
+                topics,
+                [CreatedTopicView {
+                    name: "t".into(),
+                    error_code: 36,
+                    error_message: Some("exists".into()),
+                }],
+                "v{version}"
+            );
+            never_panics(&body, |b| create_topics(b, version));
+        }
+    }
+
+    #[test]
+    fn sasl_every_version() {
+        use kafka_protocol::messages::{SaslAuthenticateResponse, SaslHandshakeResponse};
+        let handshake = SaslHandshakeResponse::default()
+            .with_error_code(33)
+            .with_mechanisms(vec!["PLAIN".into(), "SCRAM-SHA-512".into()]);
+        for version in 0..=1 {
+            let body = encode(&handshake, version);
+            let view = sasl_handshake(&body, version).unwrap();
+            assert_eq!(view.error_code, 33);
+            assert_eq!(view.mechanisms, ["PLAIN", "SCRAM-SHA-512"]);
+            never_panics(&body, |b| sasl_handshake(b, version));
+        }
+        let authenticate = SaslAuthenticateResponse::default()
+            .with_error_code(58)
+            .with_error_message(Some("bad".into()))
+            .with_auth_bytes(Bytes::from_static(b"r=abc,s=c2FsdA==,i=4096"))
+            .with_session_lifetime_ms(3_600_000);
+        for version in 0..=2 {
+            let body = encode(&authenticate, version);
+            let view = sasl_authenticate(&body, version).unwrap();
+            assert_eq!(view.error_code, 58);
+            assert_eq!(view.error_message.as_deref(), Some("bad"));
+            assert_eq!(view.auth_bytes, b"r=abc,s=c2FsdA==,i=4096");
+            let lifetime = if version >= 1 { 3_600_000 } else { 0 };
+            assert_eq!(view.session_lifetime_ms, lifetime);
+            assert!(!format!("{view:?}").contains("r=abc"));
+            never_panics(&body, |b| sasl_authenticate(b, version));
         }
     }
 

@@ -16,7 +16,13 @@ use super::{response, wire};
 pub(crate) const PRODUCE: (i16, i16) = (3, 13);
 pub(crate) const METADATA: (i16, i16) = (1, 13);
 pub(crate) const INIT_PRODUCER_ID: (i16, i16) = (0, 5);
+/// From v4, -1 partitions / replication factor mean "the broker's default".
+pub(crate) const CREATE_TOPICS: (i16, i16) = (4, 7);
 pub(crate) const API_VERSIONS: (i16, i16) = (0, 4);
+/// SaslHandshake v1 hands the tokens to SaslAuthenticate (v0 sent them raw, removed in Kafka 4).
+pub(crate) const SASL_HANDSHAKE: (i16, i16) = (1, 1);
+/// SaslAuthenticate v1 adds the session lifetime (KIP-368), v2 is flexible.
+pub(crate) const SASL_AUTHENTICATE: (i16, i16) = (0, 2);
 
 /// UNSUPPORTED_VERSION, the code of a KIP-511 "please retry with a lower version" answer.
 const UNSUPPORTED_VERSION: i16 = 35;
@@ -28,8 +34,13 @@ pub(crate) struct Versions {
     pub metadata: i16,
     /// `None` when the broker cannot assign producer ids (idempotence unavailable).
     pub init_producer_id: Option<i16>,
+    /// `None` when the broker can't create topics in a version we speak (`--create-topic`).
+    pub create_topics: Option<i16>,
     /// The ApiVersions version that succeeded, for logs.
     pub api_versions: i16,
+    /// `None` when the broker cannot do SASL the way we do (needed only with SASL configured).
+    pub sasl_handshake: Option<i16>,
+    pub sasl_authenticate: Option<i16>,
 }
 
 /// One broker-advertised range.
@@ -72,7 +83,10 @@ pub(crate) fn negotiate(
         produce: required(ApiKey::Produce, PRODUCE)?,
         metadata: required(ApiKey::Metadata, METADATA)?,
         init_producer_id: pick(ApiKey::InitProducerId, INIT_PRODUCER_ID, broker).ok(),
+        create_topics: pick(ApiKey::CreateTopics, CREATE_TOPICS, broker).ok(),
         api_versions,
+        sasl_handshake: pick(ApiKey::SaslHandshake, SASL_HANDSHAKE, broker).ok(),
+        sasl_authenticate: pick(ApiKey::SaslAuthenticate, SASL_AUTHENTICATE, broker).ok(),
     })
 }
 
@@ -276,13 +290,40 @@ mod tests {
         let body = api_versions_body(&[(ApiKey::Produce, 3, 12), (ApiKey::Metadata, 0, 12)], 0);
         let frame = broker_frame(ApiKey::ApiVersions, 4, 1, &body);
         let step = hs.on_response("b:1", 1, frame).unwrap();
+        // Kafka 4: SaslHandshake v0..=1, SaslAuthenticate v0..=2; a v0-only handshake is no use.
+        let mut sasl_hs = Handshake::new();
+        let body = api_versions_body(
+            &[
+                (ApiKey::Produce, 3, 12),
+                (ApiKey::Metadata, 0, 12),
+                (ApiKey::SaslHandshake, 0, 1),
+                (ApiKey::SaslAuthenticate, 0, 2),
+            ],
+            0,
+        );
+        let HandshakeStep::Done(v) = sasl_hs
+            .on_response("b:1", 1, broker_frame(ApiKey::ApiVersions, 4, 1, &body))
+            .unwrap()
+        else {
+            panic!("not done")
+        };
+        assert_eq!((v.sasl_handshake, v.sasl_authenticate), (Some(1), Some(2)));
+        let old = [
+            range(ApiKey::Produce, 3, 9),
+            range(ApiKey::Metadata, 0, 9),
+            range(ApiKey::SaslHandshake, 0, 0),
+        ];
+        assert_eq!(negotiate("b:1", &old, 3).unwrap().sasl_handshake, None);
         assert_eq!(
             step,
             HandshakeStep::Done(Versions {
                 produce: 12,
                 metadata: 12,
                 init_producer_id: None,
-                api_versions: 4
+                create_topics: None,
+                api_versions: 4,
+                sasl_handshake: None,
+                sasl_authenticate: None,
             })
         );
     }
