@@ -10,8 +10,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use gtfs_rt_kafka::app::{Pipeline, Runner};
 use gtfs_rt_kafka::config::{self, Command, Config, ConvertConfig, SinkKind};
-use gtfs_rt_kafka::decode::decode_feed;
-use gtfs_rt_kafka::json::{write_feed, Envelope};
+use gtfs_rt_kafka::json::{transcode_feed, Envelope};
 use gtfs_rt_kafka::notify::Notifier;
 use gtfs_rt_kafka::signals::Signals;
 use gtfs_rt_kafka::sink::{KafkaSink, Sink, StdoutSink};
@@ -199,13 +198,6 @@ fn convert(c: &ConvertConfig) -> ExitCode {
             return ExitCode::from(EXIT_FAILED);
         }
     };
-    let feed = match decode_feed(&bytes) {
-        Ok(f) => f,
-        Err(e) => {
-            eprintln!("gtfs-rt-kafka: convert {name}: {e}");
-            return ExitCode::from(EXIT_FAILED);
-        }
-    };
     let envelope = Envelope {
         producer_timestamp: SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -214,8 +206,11 @@ fn convert(c: &ConvertConfig) -> ExitCode {
         source_id: &c.source_id,
         event_type: &c.event_type,
     };
-    let mut out = Vec::with_capacity(bytes.len() * 4);
-    write_feed(&mut out, &feed, c.names, Some(&envelope));
+    let mut out = Vec::new();
+    if let Err(e) = transcode_feed(&mut out, &bytes, c.names, Some(&envelope)) {
+        eprintln!("gtfs-rt-kafka: convert {name}: {e}");
+        return ExitCode::from(EXIT_FAILED);
+    }
     out.push(b'\n');
     let mut stdout = std::io::stdout().lock();
     if let Err(e) = stdout.write_all(&out).and_then(|_| stdout.flush()) {

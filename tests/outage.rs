@@ -347,7 +347,7 @@ fn oversize_document_is_reported_and_kept_in_the_spool() {
 fn long_outage_memory_stays_within_the_queue_bound() {
     let _guard = serial();
     let server = FeedServer::start(Response::fixture("wmata-rail-tu-1.pb"));
-    let mut child = Command::new(BIN)
+    let child = Command::new(BIN)
         .env("VEHICLE_URL", server.url("/feed"))
         .env("KAFKA_BROKER", format!("127.0.0.1:{}", dead_port()))
         .args(["--poll-interval", "0.1", "--queue-max-bytes", "4MiB"])
