@@ -1,12 +1,17 @@
 //! Command line and environment → one validated `Command`, parsed once at startup.
 //!
 //! Every default lives in `Defaults`; every setting has an env var and a flag, and the flag wins.
-//! Nothing here does I/O except reading the environment through the caller's lookup function.
+//! Kafka client properties (`security.protocol`, `sasl.*`, `ssl.*`) are `-X name=value` flags.
+//! Nothing here does I/O except reading the environment through the caller's lookup function
+//! and the files that settings name (`*_FILE` secrets, `*_LOCATION` certificates), so a bad path
+//! stops the start with one line. Secrets are `Secret`s from the moment they are read.
 
 use std::fmt;
 use std::time::Duration;
 
+use crate::fetch::{CaFile, FeedApiKey, KeyPlace};
 use crate::json::FieldNames;
+use crate::kafka::{Sasl, SaslMechanism, Secret, Tls, TlsFiles};
 
 /// Every default in one place (the Python producer's where it had one).
 pub struct Defaults;
@@ -101,6 +106,37 @@ pub enum CompressionSetting {
     Zstd,
 }
 
+/// Kafka's `security.protocol`: TLS and/or SASL on every broker connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SecurityProtocol {
+    Plaintext,
+    Ssl,
+    SaslPlaintext,
+    SaslSsl,
+}
+
+impl SecurityProtocol {
+    pub fn name(self) -> &'static str {
+        match self {
+            SecurityProtocol::Plaintext => "PLAINTEXT",
+            SecurityProtocol::Ssl => "SSL",
+            SecurityProtocol::SaslPlaintext => "SASL_PLAINTEXT",
+            SecurityProtocol::SaslSsl => "SASL_SSL",
+        }
+    }
+
+    fn tls(self) -> bool {
+        matches!(self, SecurityProtocol::Ssl | SecurityProtocol::SaslSsl)
+    }
+
+    fn sasl(self) -> bool {
+        matches!(
+            self,
+            SecurityProtocol::SaslPlaintext | SecurityProtocol::SaslSsl
+        )
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct KafkaSettings {
     /// `host:port` pairs, port defaulted to 9092.
@@ -111,6 +147,11 @@ pub struct KafkaSettings {
     pub request_timeout: Duration,
     pub client_id: String,
     pub idempotence: bool,
+    pub security_protocol: SecurityProtocol,
+    /// Set with SSL and SASL_SSL: roots (bundled or `ssl.ca.location`), client certificate.
+    pub tls: Option<Tls>,
+    /// Set with SASL_PLAINTEXT and SASL_SSL.
+    pub sasl: Option<Sasl>,
     /// `--create-topic`: create the topic at start when it is missing.
     pub create_topic: Option<NewTopic>,
 }
@@ -130,6 +171,10 @@ pub struct FetchSettings {
     pub connect_timeout: Duration,
     pub max_body_bytes: u64,
     pub max_redirects: u32,
+    /// `HTTP_CA_LOCATION`: roots for https feeds instead of the bundled Mozilla ones.
+    pub ca: Option<CaFile>,
+    /// `FEED_API_KEY` / `FEED_API_KEY_FILE` and where it goes.
+    pub api_key: Option<FeedApiKey>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -204,6 +249,10 @@ const SETTINGS: &[Setting] = &[
     s(Some("HTTP_CONNECT_TIMEOUT"), "--http-connect-timeout"),
     s(Some("MAX_BODY_BYTES"), "--max-body-bytes"),
     s(Some("MAX_REDIRECTS"), "--max-redirects"),
+    s(Some("HTTP_CA_LOCATION"), "--http-ca-location"),
+    s(Some("FEED_API_KEY_FILE"), "--feed-api-key-file"),
+    s(Some("FEED_API_KEY_PARAM"), "--feed-api-key-param"),
+    s(Some("FEED_API_KEY_HEADER"), "--feed-api-key-header"),
     s(Some("RUST_LOG"), "--log-level"),
     s(Some("QUEUE_MAX_BYTES"), "--queue-max-bytes"),
     s(Some("SPOOL_DIR"), "--spool-dir"),
@@ -232,9 +281,60 @@ const fn s(env: Option<&'static str>, flag: &'static str) -> Setting {
     }
 }
 
+/// Kafka client properties for `-X name=value`, each with its env var. Only these are accepted.
+const KAFKA_PROPERTIES: &[(&str, &str)] = &[
+    ("security.protocol", "KAFKA_SECURITY_PROTOCOL"),
+    ("sasl.mechanism", "KAFKA_SASL_MECHANISM"),
+    ("sasl.username", "KAFKA_SASL_USERNAME"),
+    ("sasl.password", "KAFKA_SASL_PASSWORD"),
+    ("ssl.ca.location", "KAFKA_SSL_CA_LOCATION"),
+    ("ssl.certificate.location", "KAFKA_SSL_CERTIFICATE_LOCATION"),
+    ("ssl.key.location", "KAFKA_SSL_KEY_LOCATION"),
+];
+
+/// "KAFKA_SASL_USERNAME / -X sasl.username", for error messages.
+fn property_name(property: &str) -> String {
+    match KAFKA_PROPERTIES.iter().find(|(p, _)| *p == property) {
+        Some((p, env)) => format!("{env} / -X {p}"),
+        None => format!("-X {property}"),
+    }
+}
+
+/// One `-X name=value`: a known property (librdkafka's `sasl.mechanisms` spelling accepted).
+fn parse_property(arg: Option<String>) -> Result<(&'static str, String), ConfigError> {
+    let arg = arg.ok_or_else(|| usage("-X needs name=value".to_string()))?;
+    let (name, value) = arg
+        .split_once('=')
+        .ok_or_else(|| usage(format!("-X {arg:?} is not name=value")))?;
+    let name = name.trim();
+    let canonical = if name == "sasl.mechanisms" {
+        "sasl.mechanism"
+    } else {
+        name
+    };
+    if let Some((p, _)) = KAFKA_PROPERTIES.iter().find(|(p, _)| *p == canonical) {
+        return Ok((p, value.to_string()));
+    }
+    let known: Vec<&str> = KAFKA_PROPERTIES.iter().map(|(p, _)| *p).collect();
+    Err(match name {
+        "ssl.key.password" => ConfigError {
+            setting: "-X ssl.key.password".to_string(),
+            reason: "encrypted private keys are not supported: decrypt the key \
+                     (openssl pkcs8 -topk8 -nocrypt) and protect the file instead"
+                .to_string(),
+        },
+        _ => usage(format!(
+            "unknown -X property {name:?} (supported: {})",
+            known.join(", ")
+        )),
+    })
+}
+
 /// Raw values gathered from flags and env, before typing.
 struct Raw<'e> {
     flags: Vec<(&'static Setting, Option<String>)>,
+    /// `-X name=value` Kafka properties, in command-line order.
+    properties: Vec<(&'static str, String)>,
     env: &'e dyn Fn(&str) -> Option<String>,
 }
 
@@ -255,6 +355,28 @@ impl Raw<'_> {
         (self.env)(env)
             .filter(|v| !v.trim().is_empty())
             .map(|v| (env.to_string(), v))
+    }
+
+    /// A Kafka property: `-X` (last one wins), else its env var; `None` when unset or blank.
+    fn property(&self, property: &str) -> Option<String> {
+        let from_flag = self
+            .properties
+            .iter()
+            .rev()
+            .find(|(p, _)| *p == property)
+            .map(|(_, v)| v.clone());
+        let env = KAFKA_PROPERTIES
+            .iter()
+            .find(|(p, _)| *p == property)
+            .map(|(_, env)| *env);
+        from_flag
+            .or_else(|| env.and_then(|e| (self.env)(e)))
+            .filter(|v| !v.trim().is_empty())
+    }
+
+    /// An env-only variable, `None` when unset or blank.
+    fn env_var(&self, name: &str) -> Option<String> {
+        (self.env)(name).filter(|v| !v.trim().is_empty())
     }
 
     fn has_switch(&self, flag: &str) -> bool {
@@ -306,6 +428,7 @@ pub fn parse(
     }
     let mut raw = Raw {
         flags: Vec::new(),
+        properties: Vec::new(),
         env,
     };
     let mut positional = Vec::new();
@@ -314,6 +437,10 @@ pub fn parse(
             "-h" | "--help" => return Ok(Command::Help),
             "-V" | "--version" => return Ok(Command::Version),
             "-" => positional.push(arg),
+            "-X" => raw.properties.push(parse_property(args.next())?),
+            a if a.starts_with("-X") => raw
+                .properties
+                .push(parse_property(Some(a[2..].to_string()))?),
             a if a.starts_with("--") => raw.flags.push(parse_flag(a, &mut args)?),
             a if a.starts_with('-') => return Err(usage(format!("unknown option {a}"))),
             _ => positional.push(arg),
@@ -396,6 +523,18 @@ fn run_config(raw: &Raw) -> Result<Config, ConfigError> {
         setting: setting_name("--kafka-topic"),
         reason,
     })?;
+    let (security_protocol, tls, sasl) = kafka_security(raw)?;
+    let ca =
+        match raw.get("--http-ca-location") {
+            None => None,
+            Some((_, path)) => Some(CaFile::load(std::path::Path::new(&path)).map_err(
+                |reason| ConfigError {
+                    setting: setting_name("--http-ca-location"),
+                    reason,
+                },
+            )?),
+        };
+    let api_key = feed_api_key(raw)?;
     let poll_interval = raw.typed("--poll-interval", Defaults::POLL_INTERVAL, parse_secs)?;
     let acks = raw.typed("--acks", AcksSetting::All, parse_acks)?;
     // Idempotence needs acks=all; an explicit weaker acks turns the default off.
@@ -427,6 +566,8 @@ fn run_config(raw: &Raw) -> Result<Config, ConfigError> {
                 v.parse::<u32>()
                     .map_err(|_| format!("{v:?} is not a whole number"))
             })?,
+            ca,
+            api_key,
         },
         kafka: KafkaSettings {
             bootstrap,
@@ -440,6 +581,9 @@ fn run_config(raw: &Raw) -> Result<Config, ConfigError> {
             )?,
             client_id: raw.string("--client-id", Defaults::CLIENT_ID),
             idempotence,
+            security_protocol,
+            tls,
+            sasl,
             create_topic: new_topic(raw)?,
         },
         sink: raw.typed("--sink", SinkKind::Kafka, parse_sink)?,
@@ -521,6 +665,253 @@ fn new_topic(raw: &Raw) -> Result<Option<NewTopic>, ConfigError> {
         replication_factor,
         configs,
     }))
+}
+
+/// A secret from `from_flag`, else the env var `var`, else the file `file_var` names (its
+/// trailing line break dropped). `var` and a file from the environment at once is an error:
+/// which one is meant?
+fn secret(
+    raw: &Raw,
+    setting: &str,
+    from_flag: Option<String>,
+    var: &str,
+    file_var: (&str, Option<(String, String)>),
+) -> Result<Option<Secret>, ConfigError> {
+    let (file_setting, file) = file_var;
+    if let Some(v) = from_flag {
+        return Ok(Some(Secret::new(v)));
+    }
+    // A file named by a flag wins over the env var, as every flag does.
+    let direct = match &file {
+        Some((source, _)) if source.starts_with("--") => None,
+        _ => raw.env_var(var),
+    };
+    match (direct, file) {
+        (Some(_), Some(_)) => Err(ConfigError {
+            setting: format!("{setting} / {file_setting}"),
+            reason: "both are set; set one".to_string(),
+        }),
+        (Some(v), None) => Ok(Some(Secret::new(v))),
+        (None, Some((_, path))) => {
+            let bad = |reason: String| ConfigError {
+                setting: file_setting.to_string(),
+                reason,
+            };
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| bad(format!("cannot read {path}: {e}")))?;
+            let value = text.trim_end_matches(['\n', '\r']);
+            if value.is_empty() {
+                return Err(bad(format!("{path} is empty")));
+            }
+            Ok(Some(Secret::new(value)))
+        }
+        (None, None) => Ok(None),
+    }
+}
+
+/// `security.protocol` and what it needs: TLS files, SASL mechanism and credentials. Settings
+/// for a layer the protocol doesn't use are an error, not silently ignored.
+fn kafka_security(raw: &Raw) -> Result<(SecurityProtocol, Option<Tls>, Option<Sasl>), ConfigError> {
+    let bad = |property: &str, reason: String| ConfigError {
+        setting: property_name(property),
+        reason,
+    };
+    let protocol = match raw.property("security.protocol") {
+        None => SecurityProtocol::Plaintext,
+        Some(v) => match v.trim().to_ascii_uppercase().as_str() {
+            "PLAINTEXT" => SecurityProtocol::Plaintext,
+            "SSL" => SecurityProtocol::Ssl,
+            "SASL_PLAINTEXT" => SecurityProtocol::SaslPlaintext,
+            "SASL_SSL" => SecurityProtocol::SaslSsl,
+            _ => {
+                return Err(bad(
+                    "security.protocol",
+                    format!("{v:?} is not one of PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL"),
+                ))
+            }
+        },
+    };
+    let password_file = raw
+        .env_var("KAFKA_SASL_PASSWORD_FILE")
+        .map(|p| ("KAFKA_SASL_PASSWORD_FILE".to_string(), p));
+    let sasl_set = ["sasl.mechanism", "sasl.username", "sasl.password"]
+        .iter()
+        .find(|p| raw.property(p).is_some())
+        .map(|p| p.to_string())
+        .or(password_file
+            .as_ref()
+            .map(|_| "KAFKA_SASL_PASSWORD_FILE".to_string()));
+    let ssl_set = [
+        "ssl.ca.location",
+        "ssl.certificate.location",
+        "ssl.key.location",
+    ]
+    .into_iter()
+    .find(|p| raw.property(p).is_some());
+
+    let tls = if protocol.tls() {
+        let path = |p: &str| raw.property(p).map(std::path::PathBuf::from);
+        let files = TlsFiles {
+            ca: path("ssl.ca.location"),
+            certificate: path("ssl.certificate.location"),
+            key: path("ssl.key.location"),
+        };
+        Some(Tls::new(files).map_err(|e| match e {
+            crate::kafka::KafkaError::Config { setting, reason } => bad(setting, reason),
+            other => bad("security.protocol", other.to_string()),
+        })?)
+    } else {
+        if let Some(p) = ssl_set {
+            return Err(bad(
+                p,
+                format!(
+                    "set, but security.protocol is {}; use SSL or SASL_SSL",
+                    protocol.name()
+                ),
+            ));
+        }
+        None
+    };
+
+    let sasl = if protocol.sasl() {
+        let mechanism = match raw.property("sasl.mechanism") {
+            None => {
+                return Err(bad(
+                    "sasl.mechanism",
+                    format!(
+                        "required with {}: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512",
+                        protocol.name()
+                    ),
+                ))
+            }
+            Some(v) => SaslMechanism::ALL
+                .into_iter()
+                .find(|m| m.name().eq_ignore_ascii_case(v.trim()))
+                .ok_or_else(|| {
+                    bad(
+                        "sasl.mechanism",
+                        format!("{v:?} is not one of PLAIN, SCRAM-SHA-256, SCRAM-SHA-512"),
+                    )
+                })?,
+        };
+        let username = raw.property("sasl.username").ok_or_else(|| {
+            bad(
+                "sasl.username",
+                format!("required with {}", protocol.name()),
+            )
+        })?;
+        let from_flag = raw
+            .properties
+            .iter()
+            .rev()
+            .find(|(p, _)| *p == "sasl.password")
+            .map(|(_, v)| v.clone())
+            .filter(|v| !v.is_empty());
+        let password = secret(
+            raw,
+            &property_name("sasl.password"),
+            from_flag,
+            "KAFKA_SASL_PASSWORD",
+            ("KAFKA_SASL_PASSWORD_FILE", password_file),
+        )?
+        .ok_or_else(|| ConfigError {
+            setting: format!(
+                "{} or KAFKA_SASL_PASSWORD_FILE",
+                property_name("sasl.password")
+            ),
+            reason: format!("required with {}", protocol.name()),
+        })?;
+        Some(Sasl {
+            mechanism,
+            username,
+            password,
+        })
+    } else {
+        if let Some(p) = sasl_set {
+            let setting = if p.contains('.') {
+                property_name(&p)
+            } else {
+                p
+            };
+            return Err(ConfigError {
+                setting,
+                reason: format!(
+                    "set, but security.protocol is {}; use SASL_PLAINTEXT or SASL_SSL",
+                    protocol.name()
+                ),
+            });
+        }
+        None
+    };
+    Ok((protocol, tls, sasl))
+}
+
+/// `FEED_API_KEY` or `FEED_API_KEY_FILE`, with exactly one of `FEED_API_KEY_PARAM` (query
+/// parameter name) or `FEED_API_KEY_HEADER` (header name).
+fn feed_api_key(raw: &Raw) -> Result<Option<FeedApiKey>, ConfigError> {
+    let key = secret(
+        raw,
+        "FEED_API_KEY",
+        None,
+        "FEED_API_KEY",
+        (
+            &setting_name("--feed-api-key-file"),
+            raw.get("--feed-api-key-file"),
+        ),
+    )?;
+    let param = raw.get("--feed-api-key-param").map(|(_, v)| v);
+    let header = raw.get("--feed-api-key-header").map(|(_, v)| v);
+    let place = match (param, header) {
+        (Some(_), Some(_)) => {
+            return Err(ConfigError {
+                setting: format!(
+                    "{} / {}",
+                    setting_name("--feed-api-key-param"),
+                    setting_name("--feed-api-key-header")
+                ),
+                reason: "both are set; the key goes in the query or in a header".to_string(),
+            })
+        }
+        (Some(p), None) => {
+            let p = p.trim().to_string();
+            if p.contains(['&', '=', '#', '?']) {
+                return Err(ConfigError {
+                    setting: setting_name("--feed-api-key-param"),
+                    reason: format!("{p:?} is not a query parameter name"),
+                });
+            }
+            Some(KeyPlace::Query(p))
+        }
+        (None, Some(h)) => {
+            let h = h.trim().to_string();
+            // RFC 9110 token characters.
+            let token = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+            if h.is_empty() || !h.chars().all(token) {
+                return Err(ConfigError {
+                    setting: setting_name("--feed-api-key-header"),
+                    reason: format!("{h:?} is not a header name"),
+                });
+            }
+            Some(KeyPlace::Header(h))
+        }
+        (None, None) => None,
+    };
+    match (key, place) {
+        (Some(key), Some(place)) => Ok(Some(FeedApiKey { key, place })),
+        (None, None) => Ok(None),
+        (Some(_), None) => Err(ConfigError {
+            setting: "FEED_API_KEY".to_string(),
+            reason: "set, but not where it goes: set FEED_API_KEY_PARAM (e.g. acl:consumerKey) \
+                     or FEED_API_KEY_HEADER (e.g. x-api-key)"
+                .to_string(),
+        }),
+        (None, Some(_)) => Err(ConfigError {
+            setting: "FEED_API_KEY".to_string(),
+            reason: "FEED_API_KEY_PARAM or FEED_API_KEY_HEADER is set without a key: set \
+                     FEED_API_KEY or FEED_API_KEY_FILE"
+                .to_string(),
+        }),
+    }
 }
 
 /// `SPOOL_DIR`/`--spool-dir`, else systemd's `$STATE_DIRECTORY` (first entry), else none.
@@ -735,6 +1126,10 @@ FEED
     --http-connect-timeout S   HTTP_CONNECT_TIMEOUT [default: 10]
     --max-body-bytes N         MAX_BODY_BYTES     refuse larger bodies [default: 64MiB]
     --max-redirects N          MAX_REDIRECTS      [default: 5]
+    --http-ca-location PEM     HTTP_CA_LOCATION   CA for https feeds [default: bundled Mozilla roots]
+    --feed-api-key-file PATH   FEED_API_KEY_FILE  the feed's API key, from a file (or FEED_API_KEY)
+    --feed-api-key-param NAME  FEED_API_KEY_PARAM sent as query parameter NAME (e.g. acl:consumerKey)
+    --feed-api-key-header NAME FEED_API_KEY_HEADER or as header NAME (e.g. x-api-key)
 
 DOCUMENT
     --source-id ID             SOURCE_ID          [default: toei_vehicle_api]
@@ -761,6 +1156,16 @@ KAFKA
     --topic-config K=V,...     TOPIC_CONFIG       topic configs, e.g. retention.ms=86400000
     --delivery-timeout SECS    DELIVERY_TIMEOUT   longest send attempt (also capped by the next poll) [default: 10]
     --idempotence BOOL         KAFKA_IDEMPOTENCE  retries never duplicate [default: true with acks=all]
+
+KAFKA SECURITY (librdkafka/Java property names; -X wins over the env var)
+    -X security.protocol=P     KAFKA_SECURITY_PROTOCOL  PLAINTEXT|SSL|SASL_PLAINTEXT|SASL_SSL
+    -X sasl.mechanism=M        KAFKA_SASL_MECHANISM     PLAIN|SCRAM-SHA-256|SCRAM-SHA-512
+    -X sasl.username=U         KAFKA_SASL_USERNAME
+                               KAFKA_SASL_PASSWORD or KAFKA_SASL_PASSWORD_FILE (keep it off
+                                                        the command line; -X sasl.password works)
+    -X ssl.ca.location=PEM     KAFKA_SSL_CA_LOCATION    [default: bundled Mozilla roots]
+    -X ssl.certificate.location=PEM  KAFKA_SSL_CERTIFICATE_LOCATION  client certificate (mTLS)
+    -X ssl.key.location=PEM    KAFKA_SSL_KEY_LOCATION   its unencrypted private key
 
 DELIVERY GUARANTEES
     --queue-max-bytes N        QUEUE_MAX_BYTES    unsent snapshots kept; oldest dropped beyond [default: 64MiB]
@@ -911,6 +1316,172 @@ mod tests {
         let c = run_with(&["--log-level", "debug"], &[("RUST_LOG", "warn")]).unwrap();
         assert_eq!(c.log_level, log::LevelFilter::Debug);
         assert!(run_with(&["--log-level", "loud"], &[]).is_err());
+    }
+
+    #[test]
+    fn kafka_security_from_env_and_x_flags() {
+        // Plaintext by default.
+        let c = run_with(&[], &[]).unwrap();
+        assert_eq!(c.kafka.security_protocol, SecurityProtocol::Plaintext);
+        assert!(c.kafka.tls.is_none() && c.kafka.sasl.is_none());
+
+        let env = [
+            ("KAFKA_SECURITY_PROTOCOL", "sasl_ssl"),
+            ("KAFKA_SASL_MECHANISM", "scram-sha-512"),
+            ("KAFKA_SASL_USERNAME", "alice"),
+            ("KAFKA_SASL_PASSWORD", "from-env"),
+        ];
+        let c = run_with(&[], &env).unwrap();
+        assert_eq!(c.kafka.security_protocol, SecurityProtocol::SaslSsl);
+        assert!(c.kafka.tls.is_some(), "bundled roots");
+        let sasl = c.kafka.sasl.as_ref().unwrap();
+        assert_eq!(
+            (
+                sasl.mechanism,
+                sasl.username.as_str(),
+                sasl.password.expose()
+            ),
+            (SaslMechanism::ScramSha512, "alice", "from-env")
+        );
+        assert!(
+            !format!("{c:?}").contains("from-env"),
+            "Debug hides the password"
+        );
+
+        // -X wins, in both spellings, librdkafka's sasl.mechanisms included.
+        let c = run_with(
+            &[
+                "-X",
+                "sasl.mechanisms=PLAIN",
+                "-Xsasl.username=bob",
+                "-X",
+                "sasl.password=a=b",
+                "-X",
+                "security.protocol=SASL_PLAINTEXT",
+            ],
+            &env,
+        )
+        .unwrap();
+        assert_eq!(c.kafka.security_protocol, SecurityProtocol::SaslPlaintext);
+        assert!(c.kafka.tls.is_none());
+        let sasl = c.kafka.sasl.unwrap();
+        assert_eq!(
+            (
+                sasl.mechanism,
+                sasl.username.as_str(),
+                sasl.password.expose()
+            ),
+            (SaslMechanism::Plain, "bob", "a=b")
+        );
+    }
+
+    #[test]
+    fn secrets_from_files() {
+        let dir = std::env::temp_dir().join(format!("grk-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("pw");
+        std::fs::write(&file, "s3cret with spaces \r\n").unwrap();
+        let path = file.display().to_string();
+        let env = [
+            ("KAFKA_SECURITY_PROTOCOL", "SASL_PLAINTEXT"),
+            ("KAFKA_SASL_MECHANISM", "PLAIN"),
+            ("KAFKA_SASL_USERNAME", "u"),
+            ("KAFKA_SASL_PASSWORD_FILE", path.as_str()),
+            ("FEED_API_KEY_FILE", path.as_str()),
+            ("FEED_API_KEY_PARAM", "acl:consumerKey"),
+        ];
+        let c = run_with(&[], &env).unwrap();
+        assert_eq!(
+            c.kafka.sasl.unwrap().password.expose(),
+            "s3cret with spaces "
+        );
+        let key = c.fetch.api_key.unwrap();
+        assert_eq!(key.key.expose(), "s3cret with spaces ");
+        assert_eq!(key.place, KeyPlace::Query("acl:consumerKey".to_string()));
+        // The env var and the file at once: which one is meant?
+        let mut both = env.to_vec();
+        both.push(("KAFKA_SASL_PASSWORD", "x"));
+        let err = run_with(&[], &both).unwrap_err();
+        assert!(err.setting.contains("KAFKA_SASL_PASSWORD_FILE"), "{err}");
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn security_settings_that_cannot_work() {
+        let check = |args: &[&str], env: &[(&str, &str)], setting: &str, reason: &str| {
+            let err = run_with(args, env).unwrap_err();
+            assert_eq!(err.setting, setting, "{err}");
+            assert!(err.reason.contains(reason), "{err}");
+        };
+        let sasl = [("KAFKA_SECURITY_PROTOCOL", "SASL_SSL")];
+        check(
+            &[],
+            &sasl,
+            "KAFKA_SASL_MECHANISM / -X sasl.mechanism",
+            "required",
+        );
+        check(
+            &["-X", "sasl.mechanism=OAUTHBEARER"],
+            &sasl,
+            "KAFKA_SASL_MECHANISM / -X sasl.mechanism",
+            "not one of",
+        );
+        check(
+            &["-X", "sasl.mechanism=PLAIN"],
+            &sasl,
+            "KAFKA_SASL_USERNAME / -X sasl.username",
+            "required",
+        );
+        check(
+            &[],
+            &[("KAFKA_SASL_USERNAME", "u")],
+            "KAFKA_SASL_USERNAME / -X sasl.username",
+            "security.protocol is PLAINTEXT",
+        );
+        check(
+            &[],
+            &[("KAFKA_SSL_CA_LOCATION", "/ca.pem")],
+            "KAFKA_SSL_CA_LOCATION / -X ssl.ca.location",
+            "use SSL or SASL_SSL",
+        );
+        check(
+            &[
+                "-X",
+                "security.protocol=SSL",
+                "-X",
+                "ssl.ca.location=/nonexistent/ca.pem",
+            ],
+            &[],
+            "KAFKA_SSL_CA_LOCATION / -X ssl.ca.location",
+            "cannot read /nonexistent/ca.pem",
+        );
+        check(&["-X", "acks=all"], &[], "usage", "unknown -X property");
+        check(&["-X"], &[], "usage", "needs name=value");
+        check(&["-X", "security.protocol"], &[], "usage", "not name=value");
+        check(
+            &[],
+            &[("FEED_API_KEY", "k")],
+            "FEED_API_KEY",
+            "FEED_API_KEY_PARAM",
+        );
+        check(
+            &[],
+            &[("FEED_API_KEY_PARAM", "key")],
+            "FEED_API_KEY",
+            "without a key",
+        );
+        check(
+            &["--feed-api-key-header", "x-api-key"],
+            &[("FEED_API_KEY", "k"), ("FEED_API_KEY_PARAM", "key")],
+            "FEED_API_KEY_PARAM / --feed-api-key-param / FEED_API_KEY_HEADER / --feed-api-key-header",
+            "both",
+        );
+        check(
+            &[],
+            &[("HTTP_CA_LOCATION", "/nonexistent/ca.pem")],
+            "HTTP_CA_LOCATION / --http-ca-location",
+            "cannot read",
+        );
     }
 
     #[test]

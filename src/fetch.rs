@@ -1,11 +1,15 @@
 //! Getting the feed's bytes: ureq for http(s), the filesystem for file://.
 //!
-//! Owns timeouts, the body cap, gzip (declared or not) and URL redaction for logs.
+//! Owns timeouts, the body cap, gzip (declared or not), TLS roots (bundled or `HTTP_CA_LOCATION`),
+//! the feed's API key (query parameter or header) and URL redaction for logs.
 //! It never decodes protobuf; it hands raw feed bytes to `decode`.
 
 use crate::config::FetchSettings;
+use crate::kafka::Secret;
 use std::fmt;
 use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// What one fetch got: a body, or the server's word that nothing changed (HTTP 304).
@@ -13,6 +17,68 @@ use std::time::Duration;
 pub enum Fetch {
     Body(Fetched),
     NotModified,
+}
+
+/// CA certificates that HTTPS feeds must chain to instead of the bundled Mozilla roots
+/// (`HTTP_CA_LOCATION`), read and checked once at start.
+#[derive(Clone, PartialEq, Eq)]
+pub struct CaFile {
+    path: PathBuf,
+    /// DER of each certificate in the file.
+    certs: Vec<Vec<u8>>,
+}
+
+impl fmt::Debug for CaFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "CaFile({}, {} certificates)",
+            self.path.display(),
+            self.certs.len()
+        )
+    }
+}
+
+impl CaFile {
+    /// Reads a PEM file of one or more certificates; the error is one line for the operator.
+    pub fn load(path: &Path) -> Result<CaFile, String> {
+        let pem =
+            std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let mut certs = Vec::new();
+        for item in ureq::tls::parse_pem(&pem) {
+            match item {
+                Ok(ureq::tls::PemItem::Certificate(c)) => certs.push(c.der().to_vec()),
+                Ok(_) => {}
+                Err(e) => return Err(format!("{}: not PEM: {e}", path.display())),
+            }
+        }
+        if certs.is_empty() {
+            return Err(format!(
+                "{} holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
+                path.display()
+            ));
+        }
+        Ok(CaFile {
+            path: path.to_path_buf(),
+            certs,
+        })
+    }
+}
+
+/// Where the feed's API key goes on each request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyPlace {
+    /// `?name=key` (e.g. ODPT's `acl:consumerKey`); logs show `name=***`.
+    Query(String),
+    /// A request header (e.g. `x-api-key`); kept only on redirects to the same origin.
+    Header(String),
+}
+
+/// The feed's API key and where it goes. `Debug` shows `***` for the key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FeedApiKey {
+    pub key: Secret,
+    pub place: KeyPlace,
 }
 
 /// A fetched body and what the server said about it.
@@ -147,8 +213,12 @@ impl FetchError {
 /// Reuses one ureq agent (and its connection pool) across polls.
 pub struct Fetcher {
     agent: ureq::Agent,
-    url: String,
+    /// The URL requested: with a query-parameter key it holds the key, so it is a `Secret`.
+    url: Secret,
     redacted: String,
+    /// Header name and key, when the key goes in a header.
+    key_header: Option<(String, Secret)>,
+    max_redirects: u32,
     max_body_bytes: u64,
     /// Send `If-None-Match` / `If-Modified-Since` from the last 200's validators.
     conditional: bool,
@@ -163,18 +233,61 @@ const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
 
 impl Fetcher {
     pub fn new(settings: &FetchSettings) -> Fetcher {
+        let mut url = settings.url.clone();
+        let mut key_header = None;
+        match &settings.api_key {
+            Some(FeedApiKey {
+                key,
+                place: KeyPlace::Query(name),
+            }) => {
+                let (base, fragment) = url.split_once('#').unwrap_or((&url, ""));
+                let sep = if base.contains('?') { '&' } else { '?' };
+                let mut with_key = format!(
+                    "{base}{sep}{}={}",
+                    query_escape(name),
+                    query_escape(key.expose())
+                );
+                if !fragment.is_empty() {
+                    with_key = format!("{with_key}#{fragment}");
+                }
+                url = with_key;
+            }
+            Some(FeedApiKey {
+                key,
+                place: KeyPlace::Header(name),
+            }) => key_header = Some((name.clone(), key.clone())),
+            None => {}
+        }
+        let mut tls = ureq::tls::TlsConfig::builder();
+        if let Some(ca) = &settings.ca {
+            let certs = ca
+                .certs
+                .iter()
+                .map(|der| ureq::tls::Certificate::from_der(der).to_owned())
+                .collect();
+            tls = tls.root_certs(ureq::tls::RootCerts::Specific(Arc::new(certs)));
+        }
+        // A header key must not follow a redirect to another origin: those we follow ourselves.
+        let agent_redirects = if key_header.is_some() {
+            0
+        } else {
+            settings.max_redirects
+        };
         let config = ureq::Agent::config_builder()
             .timeout_global(Some(settings.timeout))
             .timeout_connect(Some(settings.connect_timeout))
-            .max_redirects(settings.max_redirects)
+            .max_redirects(agent_redirects)
             .http_status_as_error(false)
             .user_agent(concat!("gtfs-rt-kafka/", env!("CARGO_PKG_VERSION")))
             .accept("application/x-protobuf, application/octet-stream, */*")
+            .tls_config(tls.build())
             .build();
         Fetcher {
             agent: config.new_agent(),
-            url: settings.url.clone(),
-            redacted: redact_url(&settings.url),
+            redacted: redact_url(&url),
+            url: Secret::new(url),
+            key_header,
+            max_redirects: settings.max_redirects,
             max_body_bytes: settings.max_body_bytes,
             conditional: false,
             etag: None,
@@ -196,7 +309,7 @@ impl Fetcher {
 
     /// One GET (or file read), bounded by the configured timeouts and body cap.
     pub fn fetch(&mut self) -> Result<Fetch, FetchError> {
-        let fetched = if let Some(path) = file_path(&self.url) {
+        let fetched = if let Some(path) = file_path(self.url.expose()) {
             self.read_file(path)?
         } else {
             match self.get()? {
@@ -209,16 +322,7 @@ impl Fetcher {
 
     fn get(&mut self) -> Result<Fetch, FetchError> {
         let url = &self.redacted;
-        let mut request = self.agent.get(&self.url);
-        if self.conditional {
-            if let Some(etag) = &self.etag {
-                request = request.header("If-None-Match", etag);
-            }
-            if let Some(date) = &self.last_modified {
-                request = request.header("If-Modified-Since", date);
-            }
-        }
-        let mut response = request.call().map_err(|e| map_ureq_error(url, e))?;
+        let mut response = self.call()?;
         let status = response.status().as_u16();
         if status == 304 && self.conditional {
             return Ok(Fetch::NotModified);
@@ -262,6 +366,52 @@ impl Fetcher {
             .map_err(|e| map_ureq_error(url, e))?;
         let wire_bytes = announced.unwrap_or(body.len() as u64);
         Ok(Fetch::Body(Fetched { body, wire_bytes }))
+    }
+
+    /// Sends the GET: the validators of a conditional GET, and the key header to the feed's
+    /// own origin (scheme, host, port) only. With a header key, redirects are followed here
+    /// rather than by ureq, so the key never goes to a CDN or another site.
+    fn call(&self) -> Result<ureq::http::Response<ureq::Body>, FetchError> {
+        let url = &self.redacted;
+        let origin = origin_of(self.url.expose());
+        let mut current = self.url.expose().to_owned();
+        let hops = match self.key_header {
+            Some(_) => self.max_redirects,
+            None => 0,
+        };
+        for _ in 0..=hops {
+            let mut request = self.agent.get(&current);
+            if self.conditional {
+                if let Some(etag) = &self.etag {
+                    request = request.header("If-None-Match", etag);
+                }
+                if let Some(date) = &self.last_modified {
+                    request = request.header("If-Modified-Since", date);
+                }
+            }
+            if let Some((name, key)) = &self.key_header {
+                if origin.is_some() && origin_of(&current) == origin {
+                    request = request.header(name.as_str(), key.expose());
+                }
+            }
+            let response = request.call().map_err(|e| map_ureq_error(url, e))?;
+            let redirected = matches!(response.status().as_u16(), 301 | 302 | 303 | 307 | 308);
+            if self.key_header.is_none() || !redirected {
+                return Ok(response);
+            }
+            let location = header(&response, "location").ok_or_else(|| FetchError::Redirects {
+                url: url.clone(),
+                cause: "redirect without a usable Location".to_string(),
+            })?;
+            current = join_location(&current, &location).ok_or_else(|| FetchError::Redirects {
+                url: url.clone(),
+                cause: format!("redirect to an unusable URL: {}", redact_url(&location)),
+            })?;
+        }
+        Err(FetchError::Redirects {
+            url: url.clone(),
+            cause: "too many redirects (MAX_REDIRECTS)".to_string(),
+        })
     }
 
     fn read_file(&self, path: &str) -> Result<Fetched, FetchError> {
@@ -344,6 +494,56 @@ fn read_capped(reader: impl Read, limit: u64) -> Result<Vec<u8>, CapError> {
     Ok(body)
 }
 
+/// `scheme://host[:port]` of an absolute http(s) URL, lowercased scheme and host.
+fn origin_of(url: &str) -> Option<&str> {
+    let (scheme, rest) = url.split_once("://")?;
+    if !scheme.eq_ignore_ascii_case("http") && !scheme.eq_ignore_ascii_case("https") {
+        return None;
+    }
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let authority = &rest[..end];
+    // userinfo is not part of the origin; reject it rather than compare it.
+    if authority.contains('@') || authority.is_empty() {
+        return None;
+    }
+    Some(&url[..scheme.len() + 3 + end])
+}
+
+/// The absolute URL a `Location` points to from `base`: absolute, scheme-relative,
+/// absolute-path or relative-path references (RFC 3986 without dot-segment removal).
+fn join_location(base: &str, location: &str) -> Option<String> {
+    let location = location.trim();
+    if origin_of(location).is_some() {
+        return Some(location.to_string());
+    }
+    let origin = origin_of(base)?;
+    if let Some(rest) = location.strip_prefix("//") {
+        let scheme = &base[..base.find("://")?];
+        return Some(format!("{scheme}://{rest}"));
+    }
+    if location.starts_with('/') {
+        return Some(format!("{origin}{location}"));
+    }
+    let path_and_query = &base[origin.len()..];
+    let path = path_and_query.split(['?', '#']).next().unwrap_or_default();
+    let dir = path.rfind('/').map_or("/", |i| &path[..=i]);
+    Some(format!("{origin}{dir}{location}"))
+}
+
+/// Percent-encodes everything but RFC 3986 unreserved characters and ':' '@' (which a query
+/// may hold as they are, as in `acl:consumerKey`).
+fn query_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b':' | b'@') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 fn file_path(url: &str) -> Option<&str> {
     let lower_prefix = url.get(..7)?.to_ascii_lowercase();
     (lower_prefix == "file://").then(|| &url[7..])
@@ -392,10 +592,7 @@ fn map_ureq_error(url: &str, e: ureq::Error) -> FetchError {
             url,
             cause: msg.to_string(),
         },
-        ureq::Error::Rustls(err) => FetchError::Tls {
-            url,
-            cause: err.to_string(),
-        },
+        ureq::Error::Rustls(err) => tls_error(url, &err),
         other => FetchError::Body {
             url,
             cause: redact_text(&other.to_string()),
@@ -403,8 +600,25 @@ fn map_ureq_error(url: &str, e: ureq::Error) -> FetchError {
     }
 }
 
+/// A certificate or TLS protocol failure, saying which setting to look at.
+fn tls_error(url: String, err: &rustls::Error) -> FetchError {
+    let cause = match err {
+        rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer) => {
+            "the server's certificate is not signed by a trusted CA (set HTTP_CA_LOCATION to the \
+             CA that signed it)"
+                .to_string()
+        }
+        other => other.to_string(),
+    };
+    FetchError::Tls { url, cause }
+}
+
 fn io_error(url: String, io: std::io::Error) -> FetchError {
     use std::io::ErrorKind::*;
+    // ureq hands TLS failures that happen while reading over as I/O errors.
+    if let Some(tls) = io.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()) {
+        return tls_error(url, tls);
+    }
     match io.kind() {
         TimedOut | WouldBlock => FetchError::Timeout {
             url,
@@ -436,6 +650,37 @@ fn timeout_phase(t: ureq::Timeout) -> &'static str {
         ureq::Timeout::RecvBody => "receiving body",
         _ => "HTTP_TIMEOUT",
     }
+}
+
+/// The feed as start-up logs show it: the request URL with every query value masked (a query
+/// key included), and where a header key goes.
+pub fn describe_source(settings: &FetchSettings) -> String {
+    let mut url = settings
+        .url
+        .split('#')
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    if let Some(FeedApiKey {
+        place: KeyPlace::Query(name),
+        ..
+    }) = &settings.api_key
+    {
+        let sep = if url.contains('?') { '&' } else { '?' };
+        url = format!("{url}{sep}{}=***", query_escape(name));
+    }
+    let mut out = redact_url(&url);
+    if let Some(FeedApiKey {
+        place: KeyPlace::Header(name),
+        ..
+    }) = &settings.api_key
+    {
+        out.push_str(&format!(" (API key in header {name})"));
+    }
+    if let Some(ca) = &settings.ca {
+        out.push_str(&format!(" (CA {})", ca.path.display()));
+    }
+    out
 }
 
 /// Masks every query value and any userinfo: `https://u:p@h/p?key=s` → `https://h/p?key=***`.
@@ -515,7 +760,173 @@ mod tests {
             connect_timeout: Duration::from_secs(2),
             max_body_bytes: max,
             max_redirects: 2,
+            ca: None,
+            api_key: None,
         }
+    }
+
+    /// A one-thread HTTP server: answers request n with `answers[n]` (the last repeats) and
+    /// keeps each request head. `{other}` in an answer becomes the other server's address.
+    fn server(answers: Vec<String>) -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+        use std::io::{BufRead, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let heads = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = heads.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let mut reader = std::io::BufReader::new(stream);
+                let mut head = String::new();
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                        break;
+                    }
+                    head.push_str(&line);
+                }
+                let n = {
+                    let mut heads = seen.lock().unwrap();
+                    heads.push(head);
+                    heads.len() - 1
+                };
+                let answer = &answers[n.min(answers.len() - 1)];
+                let _ = reader.get_mut().write_all(answer.as_bytes());
+            }
+        });
+        (addr, heads)
+    }
+
+    fn ok(body: &str) -> String {
+        format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+    }
+
+    fn redirect(location: &str) -> String {
+        format!("HTTP/1.1 302 Found\r\nLocation: {location}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+    }
+
+    fn with_key(url: &str, place: KeyPlace) -> FetchSettings {
+        FetchSettings {
+            api_key: Some(FeedApiKey {
+                key: Secret::new("k+y/1"),
+                place,
+            }),
+            ..settings(url, 1000)
+        }
+    }
+
+    #[test]
+    fn api_key_in_the_query_is_escaped_and_masked() {
+        let (addr, heads) = server(vec![ok("feed")]);
+        let s = with_key(
+            &format!("http://{addr}/rt?agency=x#frag"),
+            KeyPlace::Query("acl:consumerKey".into()),
+        );
+        let mut f = Fetcher::new(&s);
+        assert_eq!(body(f.fetch().unwrap()), b"feed");
+        assert!(
+            heads.lock().unwrap()[0]
+                .starts_with("GET /rt?agency=x&acl:consumerKey=k%2By%2F1 HTTP/1.1"),
+            "{:?}",
+            heads.lock().unwrap()
+        );
+        assert_eq!(
+            f.redacted_url(),
+            format!("http://{addr}/rt?agency=***&acl:consumerKey=***")
+        );
+        assert_eq!(
+            describe_source(&s),
+            format!("http://{addr}/rt?agency=***&acl:consumerKey=***")
+        );
+    }
+
+    #[test]
+    fn a_header_key_goes_only_to_the_feeds_own_origin() {
+        let (other, other_heads) = server(vec![ok("elsewhere")]);
+        let (addr, heads) = server(vec![
+            redirect("/moved/feed.pb"),
+            redirect("next.pb"),
+            redirect(&format!("http://{other}/cdn/feed.pb")),
+        ]);
+        let s = FetchSettings {
+            max_redirects: 3,
+            ..with_key(
+                &format!("http://{addr}/rt/feed"),
+                KeyPlace::Header("X-Api-Key".into()),
+            )
+        };
+        assert_eq!(
+            describe_source(&s),
+            format!("http://{addr}/rt/feed (API key in header X-Api-Key)")
+        );
+        let mut f = Fetcher::new(&s);
+        assert_eq!(body(f.fetch().unwrap()), b"elsewhere");
+        let heads = heads.lock().unwrap();
+        let paths: Vec<&str> = heads.iter().map(|h| h.lines().next().unwrap()).collect();
+        assert_eq!(
+            paths,
+            [
+                "GET /rt/feed HTTP/1.1",
+                "GET /moved/feed.pb HTTP/1.1",
+                "GET /moved/next.pb HTTP/1.1"
+            ]
+        );
+        assert!(heads
+            .iter()
+            .all(|h| h.to_ascii_lowercase().contains("x-api-key: k+y/1\r\n")));
+        let other_heads = other_heads.lock().unwrap();
+        assert_eq!(other_heads.len(), 1);
+        assert!(
+            !other_heads[0].to_ascii_lowercase().contains("x-api-key"),
+            "key sent to another origin: {}",
+            other_heads[0]
+        );
+
+        // A redirect loop ends at MAX_REDIRECTS (2 here).
+        let (addr, _) = server(vec![redirect("/again")]);
+        let mut f = Fetcher::new(&with_key(
+            &format!("http://{addr}/a"),
+            KeyPlace::Header("X-Api-Key".into()),
+        ));
+        let err = f.fetch().unwrap_err();
+        assert_eq!(err.kind(), "redirect", "{err}");
+    }
+
+    #[test]
+    fn origins_and_locations() {
+        assert_eq!(origin_of("https://h:8443/p?q"), Some("https://h:8443"));
+        assert_eq!(origin_of("http://h"), Some("http://h"));
+        assert_eq!(origin_of("http://u:p@h/"), None);
+        assert_eq!(origin_of("file:///x"), None);
+        let check = |base: &str, loc: &str, expected: &str| {
+            assert_eq!(
+                join_location(base, loc).as_deref(),
+                Some(expected),
+                "{base} + {loc}"
+            )
+        };
+        check("http://h/a/b?x", "c", "http://h/a/c");
+        check("http://h/a/b", "/c?d", "http://h/c?d");
+        check("https://h/a", "//g/x", "https://g/x");
+        check("http://h/a", "https://o:1/z", "https://o:1/z");
+        check("http://h", "z", "http://h/z");
+    }
+
+    #[test]
+    fn ca_files_are_checked_at_load() {
+        let dir = std::env::temp_dir().join(format!("grk-ca-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let garbage = dir.join("garbage.pem");
+        std::fs::write(&garbage, "no certificate here\n").unwrap();
+        assert!(CaFile::load(&garbage)
+            .unwrap_err()
+            .contains("no PEM certificate"));
+        assert!(CaFile::load(&dir.join("missing.pem"))
+            .unwrap_err()
+            .contains("cannot read"));
+        std::fs::remove_dir_all(&dir).ok();
     }
 
     #[test]

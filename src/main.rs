@@ -157,18 +157,23 @@ fn replay_files(inputs: &[String]) -> std::io::Result<Vec<std::path::PathBuf>> {
 }
 
 fn pipeline_source(config: &Config) -> String {
-    gtfs_rt_kafka::fetch::redact_url(&config.fetch.url)
+    gtfs_rt_kafka::fetch::describe_source(&config.fetch)
 }
 
 fn sink_target(config: &Config) -> String {
     match config.sink {
         SinkKind::Stdout => "stdout".to_string(),
         SinkKind::Kafka => format!(
-            "kafka {} topic {} (acks {:?}, compression {:?})",
+            "kafka {} topic {} (acks {:?}, compression {:?}, {}{})",
             config.kafka.bootstrap.join(","),
             config.kafka.topic,
             config.kafka.acks,
-            config.kafka.compression
+            config.kafka.compression,
+            config.kafka.security_protocol.name(),
+            match &config.kafka.sasl {
+                Some(sasl) => format!(" {} user {}", sasl.mechanism.name(), sasl.username),
+                None => String::new(),
+            }
         ),
     }
 }

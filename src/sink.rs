@@ -112,6 +112,8 @@ impl KafkaSink {
             },
             request_timeout: settings.request_timeout,
             idempotence: settings.idempotence,
+            tls: settings.tls.clone(),
+            sasl: settings.sasl.clone(),
             ..ProducerConfig::default()
         };
         KafkaSink {

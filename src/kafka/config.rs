@@ -3,6 +3,9 @@
 
 use std::time::Duration;
 
+use super::tls::Tls;
+use super::Secret;
+
 /// How many replicas must have the batch before the broker answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Acks {
@@ -51,6 +54,40 @@ impl Compression {
     }
 }
 
+/// A SASL mechanism this client speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SaslMechanism {
+    Plain,
+    ScramSha256,
+    ScramSha512,
+}
+
+impl SaslMechanism {
+    /// Every mechanism, by its Kafka name.
+    pub const ALL: [SaslMechanism; 3] = [
+        SaslMechanism::Plain,
+        SaslMechanism::ScramSha256,
+        SaslMechanism::ScramSha512,
+    ];
+
+    /// The name Kafka uses (`sasl.mechanism`, the SaslHandshake request).
+    pub fn name(self) -> &'static str {
+        match self {
+            SaslMechanism::Plain => "PLAIN",
+            SaslMechanism::ScramSha256 => "SCRAM-SHA-256",
+            SaslMechanism::ScramSha512 => "SCRAM-SHA-512",
+        }
+    }
+}
+
+/// SASL credentials: authenticate every connection with `mechanism` as `username`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sasl {
+    pub mechanism: SaslMechanism,
+    pub username: String,
+    pub password: Secret,
+}
+
 /// Settings of a [`Producer`](super::Producer).
 #[derive(Debug, Clone)]
 pub struct ProducerConfig {
@@ -78,6 +115,11 @@ pub struct ProducerConfig {
     /// Idempotent produce (InitProducerId, per-partition sequence numbers): retries never duplicate
     /// records. Needs `acks = All`. Defaults to false.
     pub idempotence: bool,
+    /// TLS on every connection (`security.protocol` SSL or SASL_SSL). Defaults to none.
+    pub tls: Option<Tls>,
+    /// SASL on every connection (`security.protocol` SASL_PLAINTEXT or SASL_SSL), after
+    /// ApiVersions, and again before the broker's session lifetime runs out. Defaults to none.
+    pub sasl: Option<Sasl>,
 }
 
 impl Default for ProducerConfig {
@@ -94,6 +136,8 @@ impl Default for ProducerConfig {
             metadata_max_age: Duration::from_secs(5 * 60),
             unknown_topic_retries: 10,
             idempotence: false,
+            tls: None,
+            sasl: None,
         }
     }
 }

@@ -93,6 +93,22 @@ pub enum KafkaError {
     },
     /// A request could not be encoded (a record or batch exceeds the protocol's limits).
     Encode { topic: String, detail: String },
+    /// TLS failed on a certificate or an alert, or a listener speaks TLS and we don't: fixing
+    /// it takes a configuration change (CA file, client certificate, broker name, protocol).
+    Tls { broker: String, detail: String },
+    /// The broker refused our SASL credentials, or the exchange broke off.
+    Authentication {
+        broker: String,
+        mechanism: &'static str,
+        username: String,
+        detail: String,
+    },
+    /// The broker does not enable the SASL mechanism we are configured for.
+    MechanismNotOffered {
+        broker: String,
+        mechanism: &'static str,
+        offered: Vec<String>,
+    },
 }
 
 impl KafkaError {
@@ -109,7 +125,22 @@ impl KafkaError {
             | KafkaError::UnsupportedVersion { .. }
             | KafkaError::MessageTooLarge { .. }
             | KafkaError::UnknownTopic { .. }
-            | KafkaError::Encode { .. } => false,
+            | KafkaError::Encode { .. }
+            | KafkaError::Tls { .. }
+            | KafkaError::Authentication { .. }
+            | KafkaError::MechanismNotOffered { .. } => false,
+        }
+    }
+
+    /// A TLS or SASL refusal: the credentials or certificates are wrong, not the data or the
+    /// network. Retrying later makes sense only once someone fixes them.
+    pub fn is_security(&self) -> bool {
+        match self {
+            KafkaError::Tls { .. }
+            | KafkaError::Authentication { .. }
+            | KafkaError::MechanismNotOffered { .. } => true,
+            KafkaError::NoBrokerReachable { last, .. } => last.is_security(),
+            _ => false,
         }
     }
 
@@ -219,6 +250,21 @@ impl fmt::Display for KafkaError {
             }
             KafkaError::Encode { topic, detail } => {
                 write!(f, "kafka topic {topic}: cannot encode request: {detail}")
+            }
+            KafkaError::Tls { broker, detail } => {
+                write!(f, "kafka broker {broker}: TLS: {detail}")
+            }
+            KafkaError::Authentication { broker, mechanism, username, detail } => write!(
+                f,
+                "kafka broker {broker}: SASL authentication failed ({mechanism}, user {username}): {detail}"
+            ),
+            KafkaError::MechanismNotOffered { broker, mechanism, offered } => {
+                write!(f, "kafka broker {broker}: SASL mechanism {mechanism} is not enabled on the broker; ")?;
+                if offered.is_empty() {
+                    f.write_str("it offers none (is this listener SASL_PLAINTEXT or SASL_SSL?)")
+                } else {
+                    write!(f, "it offers {} (set sasl.mechanism / KAFKA_SASL_MECHANISM)", offered.join(", "))
+                }
             }
         }
     }

@@ -3,14 +3,15 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::api_versions_response::ApiVersion;
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::{
     ApiKey, ApiVersionsResponse, InitProducerIdResponse, MetadataRequest, ProduceRequest,
-    ProducerId, RequestHeader, ResponseHeader,
+    ProducerId, RequestHeader, ResponseHeader, SaslAuthenticateRequest, SaslAuthenticateResponse,
+    SaslHandshakeRequest, SaslHandshakeResponse,
 };
 use kafka_protocol::protocol::{decode_request_header_from_buffer, Decodable, Encodable};
 use kafka_protocol::records::Record as WireRecord;
@@ -49,6 +50,17 @@ pub(crate) struct State {
     pub requests: Vec<(String, i16, i16)>,
     /// Last (producer id, base sequence, record count, base offset) per partition.
     last_batch: HashMap<i32, (i64, i32, usize, i64)>,
+    /// SASL required on every connection (PLAIN only; SCRAM is checked against real brokers).
+    pub sasl: Option<FakeSasl>,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct FakeSasl {
+    pub mechanisms: Vec<&'static str>,
+    pub username: String,
+    pub password: String,
+    /// Sent in SaslAuthenticate v1+; after it, requests other than SASL close the connection.
+    pub session_lifetime: Duration,
 }
 
 impl State {
@@ -104,6 +116,7 @@ impl Connector for Cluster {
                 cluster: self.0.clone(),
                 outbox: VecDeque::new(),
                 reset: false,
+                session_until: None,
             })),
             _ => Err(KafkaError::Io {
                 broker: addr.to_owned(),
@@ -120,6 +133,8 @@ struct FakeConn {
     cluster: Arc<Mutex<State>>,
     outbox: VecDeque<Bytes>,
     reset: bool,
+    /// With SASL: authenticated until then.
+    session_until: Option<Instant>,
 }
 
 fn respond<R: Encodable>(
@@ -150,6 +165,46 @@ impl FakeConn {
         let mut state = self.cluster.lock().unwrap();
         state.requests.push((self.addr.clone(), key, version));
         let rhv = api.response_header_version(version);
+        if let Some(sasl) = state.sasl.clone() {
+            let sasl_api = matches!(
+                api,
+                ApiKey::ApiVersions | ApiKey::SaslHandshake | ApiKey::SaslAuthenticate
+            );
+            if !sasl_api && self.session_until.is_none_or(|t| Instant::now() >= t) {
+                // What Kafka does with a request before (or after the end of) authentication.
+                self.reset = true;
+                return None;
+            }
+            match api {
+                ApiKey::SaslHandshake => {
+                    let request = SaslHandshakeRequest::decode(&mut frame, version).unwrap();
+                    let code = if sasl.mechanisms.contains(&request.mechanism.as_str()) {
+                        0
+                    } else {
+                        33
+                    };
+                    let body = SaslHandshakeResponse::default()
+                        .with_error_code(code)
+                        .with_mechanisms(sasl.mechanisms.iter().map(|m| (*m).into()).collect());
+                    return Some(respond(&header, rhv, &body, version));
+                }
+                ApiKey::SaslAuthenticate => {
+                    let request = SaslAuthenticateRequest::decode(&mut frame, version).unwrap();
+                    let expected = format!("\0{}\0{}", sasl.username, sasl.password);
+                    let body = if request.auth_bytes == expected.as_bytes() {
+                        self.session_until = Some(Instant::now() + sasl.session_lifetime);
+                        SaslAuthenticateResponse::default()
+                            .with_session_lifetime_ms(sasl.session_lifetime.as_millis() as i64)
+                    } else {
+                        SaslAuthenticateResponse::default()
+                            .with_error_code(58)
+                            .with_error_message(Some("Invalid username or password".into()))
+                    };
+                    return Some(respond(&header, rhv, &body, version));
+                }
+                _ => {}
+            }
+        }
         match api {
             ApiKey::ApiVersions => {
                 let ranges = |s: &State| {
@@ -158,6 +213,8 @@ impl FakeConn {
                         (ApiKey::Metadata, 0, 12),
                         (ApiKey::ApiVersions, 0, s.api_versions_max),
                         (ApiKey::InitProducerId, 0, 5),
+                        (ApiKey::SaslHandshake, 0, 1),
+                        (ApiKey::SaslAuthenticate, 0, 2),
                     ]
                     .iter()
                     .map(|&(k, min, max)| {

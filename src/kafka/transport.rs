@@ -1,13 +1,16 @@
-//! The only module holding a `TcpStream`: connect with a timeout, write a frame, read one
-//! size-prefixed frame within a deadline. Never parses a message or retries.
+//! The only module holding a `TcpStream`: connect with a timeout (then the TLS handshake when
+//! configured), write a frame, read one size-prefixed frame within a deadline. Never parses a
+//! message or retries.
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use rustls::{ClientConnection, StreamOwned};
 
 use super::error::{KafkaError, Phase};
+use super::tls::{self, Tls};
 use super::wire;
 
 /// An open connection to one broker. After any error the connection is unusable (a frame may be
@@ -30,52 +33,90 @@ pub(crate) struct TcpConnector;
 
 impl Connector for TcpConnector {
     fn connect(&mut self, addr: &str, timeout: Duration) -> Result<Box<dyn Transport>, KafkaError> {
-        let io_err = |detail: String| KafkaError::Io {
-            broker: addr.to_owned(),
-            phase: Phase::Connect,
-            detail,
-        };
-        if timeout.is_zero() {
-            return Err(KafkaError::Timeout {
-                broker: addr.to_owned(),
-                phase: Phase::Connect,
-            });
-        }
-        // Name resolution has no timeout in std; brokers are usually IPs or /etc/hosts names.
-        let addrs: Vec<SocketAddr> = addr
-            .to_socket_addrs()
-            .map_err(|e| io_err(format!("resolve: {e}")))?
-            .collect();
-        let mut last = io_err("name resolved to no address".to_owned());
-        for sa in addrs {
-            match TcpStream::connect_timeout(&sa, timeout) {
-                Ok(stream) => {
-                    // Requests are written whole; don't let Nagle hold the last segment back.
-                    stream
-                        .set_nodelay(true)
-                        .map_err(|e| io_err(e.to_string()))?;
-                    log::debug!("kafka {addr}: connected to {sa}");
-                    return Ok(Box::new(TcpTransport {
-                        addr: addr.to_owned(),
-                        stream,
-                    }));
-                }
-                Err(e) if is_timeout(&e) => {
-                    last = KafkaError::Timeout {
-                        broker: addr.to_owned(),
-                        phase: Phase::Connect,
-                    }
-                }
-                Err(e) => last = io_err(format!("{sa}: {e}")),
-            }
-        }
-        Err(last)
+        let stream = tcp_connect(addr, timeout)?;
+        Ok(Box::new(StreamTransport {
+            addr: addr.to_owned(),
+            stream,
+        }))
     }
 }
 
-struct TcpTransport {
+/// TLS over TCP; the connect timeout covers both.
+#[derive(Debug)]
+pub(crate) struct TlsConnector(pub(crate) Tls);
+
+impl Connector for TlsConnector {
+    fn connect(&mut self, addr: &str, timeout: Duration) -> Result<Box<dyn Transport>, KafkaError> {
+        let deadline = Instant::now() + timeout;
+        let sock = tcp_connect(addr, timeout)?;
+        let stream = self.0.handshake(addr, sock, deadline)?;
+        Ok(Box::new(StreamTransport {
+            addr: addr.to_owned(),
+            stream,
+        }))
+    }
+}
+
+fn tcp_connect(addr: &str, timeout: Duration) -> Result<TcpStream, KafkaError> {
+    let io_err = |detail: String| KafkaError::Io {
+        broker: addr.to_owned(),
+        phase: Phase::Connect,
+        detail,
+    };
+    if timeout.is_zero() {
+        return Err(KafkaError::Timeout {
+            broker: addr.to_owned(),
+            phase: Phase::Connect,
+        });
+    }
+    // Name resolution has no timeout in std; brokers are usually IPs or /etc/hosts names.
+    let addrs: Vec<SocketAddr> = addr
+        .to_socket_addrs()
+        .map_err(|e| io_err(format!("resolve: {e}")))?
+        .collect();
+    let mut last = io_err("name resolved to no address".to_owned());
+    for sa in addrs {
+        match TcpStream::connect_timeout(&sa, timeout) {
+            Ok(stream) => {
+                // Requests are written whole; don't let Nagle hold the last segment back.
+                stream
+                    .set_nodelay(true)
+                    .map_err(|e| io_err(e.to_string()))?;
+                log::debug!("kafka {addr}: connected to {sa}");
+                return Ok(stream);
+            }
+            Err(e) if is_timeout(&e) => {
+                last = KafkaError::Timeout {
+                    broker: addr.to_owned(),
+                    phase: Phase::Connect,
+                }
+            }
+            Err(e) => last = io_err(format!("{sa}: {e}")),
+        }
+    }
+    Err(last)
+}
+
+/// The byte stream under a connection: a socket, or TLS over one. Timeouts go to the socket.
+trait Stream: Read + Write + Send {
+    fn socket(&self) -> &TcpStream;
+}
+
+impl Stream for TcpStream {
+    fn socket(&self) -> &TcpStream {
+        self
+    }
+}
+
+impl Stream for StreamOwned<ClientConnection, TcpStream> {
+    fn socket(&self) -> &TcpStream {
+        &self.sock
+    }
+}
+
+struct StreamTransport<S> {
     addr: String,
-    stream: TcpStream,
+    stream: S,
 }
 
 fn is_timeout(e: &io::Error) -> bool {
@@ -85,8 +126,11 @@ fn is_timeout(e: &io::Error) -> bool {
     )
 }
 
-impl TcpTransport {
+impl<S: Stream> StreamTransport<S> {
     fn error(&self, phase: Phase, e: io::Error) -> KafkaError {
+        if let Some(tls) = tls::from_io(&self.addr, &e) {
+            return tls;
+        }
         if is_timeout(&e) {
             return KafkaError::Timeout {
                 broker: self.addr.clone(),
@@ -116,6 +160,7 @@ impl TcpTransport {
                 });
             }
             self.stream
+                .socket()
                 .set_read_timeout(Some(left))
                 .map_err(|e| self.error(Phase::Read, e))?;
             match self.stream.read(&mut buf[filled..]) {
@@ -129,7 +174,13 @@ impl TcpTransport {
     }
 }
 
-impl Transport for TcpTransport {
+/// A TLS record header (alert 0x15 or handshake 0x16, version 3.x) where a Kafka size prefix
+/// should be: the port speaks TLS and we don't.
+fn looks_like_tls(prefix: [u8; 4]) -> bool {
+    matches!(prefix, [0x15 | 0x16, 0x03, 0..=0x04, _])
+}
+
+impl<S: Stream> Transport for StreamTransport<S> {
     fn send(&mut self, frame: &[u8], timeout: Duration) -> Result<(), KafkaError> {
         if timeout.is_zero() {
             return Err(KafkaError::Timeout {
@@ -138,10 +189,13 @@ impl Transport for TcpTransport {
             });
         }
         self.stream
+            .socket()
             .set_write_timeout(Some(timeout))
             .map_err(|e| self.error(Phase::Write, e))?;
+        // flush: TLS holds the last record until asked; a socket's flush does nothing.
         self.stream
             .write_all(frame)
+            .and_then(|_| self.stream.flush())
             .map_err(|e| self.error(Phase::Write, e))
     }
 
@@ -149,10 +203,21 @@ impl Transport for TcpTransport {
         let deadline = Instant::now() + timeout;
         let mut prefix = [0u8; 4];
         self.read_full(&mut prefix, deadline)?;
-        let len = wire::frame_len(prefix).map_err(|detail| KafkaError::Malformed {
-            broker: self.addr.clone(),
-            api: "response",
-            detail,
+        let len = wire::frame_len(prefix).map_err(|detail| {
+            if looks_like_tls(prefix) {
+                KafkaError::Tls {
+                    broker: self.addr.clone(),
+                    detail: "the broker answered with TLS: this listener needs security.protocol \
+                             SSL or SASL_SSL (KAFKA_SECURITY_PROTOCOL)"
+                        .to_owned(),
+                }
+            } else {
+                KafkaError::Malformed {
+                    broker: self.addr.clone(),
+                    api: "response",
+                    detail,
+                }
+            }
         })?;
         // Grow with the bytes that actually arrive instead of trusting the announced length.
         let mut body = Vec::with_capacity(len.min(64 * 1024));
@@ -227,6 +292,37 @@ mod tests {
             "{err}"
         );
         assert!(started.elapsed() < Duration::from_secs(2));
+    }
+
+    #[test]
+    fn a_tls_answer_on_a_plain_connection_says_so() {
+        let (mut client, mut server) = pair();
+        // A TLS alert record (fatal, protocol_version), as a TLS listener sends to our request.
+        server
+            .write_all(&[0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x46])
+            .unwrap();
+        let err = client.recv(Duration::from_secs(5)).unwrap_err();
+        assert!(err.to_string().contains("security.protocol SSL"), "{err}");
+    }
+
+    #[test]
+    fn tls_to_a_plain_listener_fails_in_the_handshake_naming_the_broker() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        // Like a Kafka PLAINTEXT port: reads the ClientHello as a (huge) frame, hangs up.
+        let server = thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut buf = [0u8; 5];
+            s.read_exact(&mut buf).unwrap();
+        });
+        let tls = Tls::new(tls::TlsFiles::default()).unwrap();
+        let err = TlsConnector(tls)
+            .connect(&addr, Duration::from_secs(5))
+            .map(|_| ())
+            .unwrap_err();
+        server.join().unwrap();
+        assert!(err.to_string().contains(&addr), "{err}");
+        assert!(err.to_string().contains("TLS"), "{err}");
     }
 
     #[test]

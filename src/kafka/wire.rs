@@ -27,6 +27,8 @@ pub(crate) fn api_name(api: ApiKey) -> &'static str {
         ApiKey::Metadata => "Metadata",
         ApiKey::ApiVersions => "ApiVersions",
         ApiKey::InitProducerId => "InitProducerId",
+        ApiKey::SaslHandshake => "SaslHandshake",
+        ApiKey::SaslAuthenticate => "SaslAuthenticate",
         _ => "other",
     }
 }
