@@ -387,6 +387,87 @@ impl fmt::Display for StartError {
 
 impl std::error::Error for StartError {}
 
+/// Far enough ahead to mean "not before something else happens".
+const FAR_FUTURE: Duration = Duration::from_secs(24 * 3600);
+
+/// The loop for one or more feeds, in one thread: each turn, every feed with something due
+/// acts (poll or send); otherwise the loop sleeps until the earliest feed needs it, waking
+/// at once on SIGTERM/SIGINT. With `--once`, it ends when every feed has polled once.
+pub fn run_all(
+    mut runners: Vec<Runner<'_>>,
+    metrics: Option<&MetricsServer>,
+    signals: &mut Signals,
+    notifier: &Notifier,
+) -> Vec<RunOutcome> {
+    let multi = runners.len() > 1;
+    for r in &mut runners {
+        if multi {
+            r.tag = format!("[{}] ", r.config.source_id);
+        }
+    }
+    notifier.ready();
+    loop {
+        notifier.watchdog();
+        if let Some(server) = metrics {
+            let views: Vec<(String, metrics::View)> = runners
+                .iter()
+                .map(|r| (r.config.source_id.clone(), r.metrics_view()))
+                .collect();
+            server.serve_pending(&views);
+        }
+        if signals.stop_requested() {
+            break;
+        }
+        if runners.iter().all(|r| r.config.once && r.polled_once) {
+            break;
+        }
+        let now = Instant::now();
+        let mut acted = false;
+        for i in 0..runners.len() {
+            let horizon = runners
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| *j != i)
+                .map(|(_, r)| r.next_wake(now))
+                .min()
+                .unwrap_or(now + FAR_FUTURE);
+            let before = runners[i].next_wake(now);
+            if before > now {
+                continue;
+            }
+            if let Some(line) = runners[i].act(now, horizon) {
+                notifier.status(line.as_ref().unwrap_or_else(|e| e));
+            }
+            acted = true;
+        }
+        if acted {
+            continue;
+        }
+        let now = Instant::now();
+        let wake = runners
+            .iter()
+            .map(|r| r.next_wake(now))
+            .min()
+            .unwrap_or(now + FAR_FUTURE);
+        let mut nap = wake.saturating_duration_since(now);
+        // Wake in time for the systemd watchdog even on long intervals, and often enough to
+        // answer scrapes when a metrics listener is open.
+        if let Some(w) = notifier.watchdog_interval() {
+            nap = nap.min(w);
+        }
+        if metrics.is_some() {
+            nap = nap.min(metrics::SERVICE_INTERVAL);
+        }
+        signals.sleep(nap);
+    }
+    notifier.stopping();
+    let deadline = Instant::now()
+        + runners
+            .first()
+            .map_or(Duration::ZERO, |r| r.config.shutdown_timeout);
+    runners.into_iter().map(|r| r.finish(deadline)).collect()
+}
+
 /// What a failed fetch tells the scheduler.
 struct FetchFailure {
     worth_retrying: bool,
@@ -418,7 +499,14 @@ pub struct Runner<'a> {
     retry_at: Option<Instant>,
     /// What the last poll's fetch failure allows: an early retry, or a server-set pause.
     last_fetch_failure: Option<FetchFailure>,
-    metrics: Option<MetricsServer>,
+    /// The fixed-rate schedule's current slot, and when the next poll really runs.
+    slot: Instant,
+    due: Instant,
+    fetch_retries_left: u32,
+    polled_once: bool,
+    last_ok: bool,
+    /// "[source_id] " in front of log lines when several feeds share the process.
+    tag: String,
     last_delivery_unix: Option<f64>,
     last_send_seconds: Option<f64>,
     started_unix: f64,
@@ -446,19 +534,17 @@ impl<'a> Runner<'a> {
             retry_at: None,
             retry_batch: None,
             last_fetch_failure: None,
-            metrics: None,
+            slot: Instant::now(),
+            due: Instant::now(),
+            fetch_retries_left: FETCH_RETRIES,
+            polled_once: false,
+            last_ok: false,
+            tag: String::new(),
             last_delivery_unix: None,
             last_send_seconds: None,
             started_unix: metrics::now_unix(),
         };
-        if let Some(addr) = &config.metrics_addr {
-            let server = MetricsServer::bind(addr).map_err(|cause| StartError::Metrics {
-                addr: addr.clone(),
-                cause,
-            })?;
-            log::info!("metrics on http://{addr}/metrics and /health");
-            runner.metrics = Some(server);
-        }
+
         if let Some(dir) = &config.spool_dir {
             let (spool, recovered) = Spool::open(dir).map_err(StartError::Spool)?;
             runner.next_seq = recovered.next_seq;
@@ -478,92 +564,106 @@ impl<'a> Runner<'a> {
         Ok(runner)
     }
 
-    pub fn run(mut self, signals: &mut Signals, notifier: &Notifier) -> RunOutcome {
+    /// When this feed next needs the loop: its next poll, or its queue's next send.
+    fn next_wake(&self, now: Instant) -> Instant {
+        if self.config.once && self.polled_once {
+            return now + FAR_FUTURE;
+        }
+        match (!self.queue.is_empty()).then(|| self.retry_at.unwrap_or(now)) {
+            Some(send_at) if send_at < self.due => send_at,
+            _ => self.due,
+        }
+    }
+
+    /// Does what is due for this feed at `now`, if anything: a poll, or a send of the queue.
+    /// `horizon` is when another feed needs the loop; sends stop by then (with a second of
+    /// grace) so one feed's outage never delays another's polls. Returns the poll's line.
+    fn act(&mut self, now: Instant, horizon: Instant) -> Option<Result<String, String>> {
+        if self.config.once && self.polled_once {
+            return None;
+        }
+        let horizon = horizon.max(now + Duration::from_secs(1));
+        let send_at = (!self.queue.is_empty()).then(|| self.retry_at.unwrap_or(now));
+        match next_step(now, self.due, send_at, false) {
+            Step::Poll => Some(self.poll_now(now, horizon)),
+            Step::Send => {
+                let deadline = (now + self.config.delivery_timeout)
+                    .min(self.due)
+                    .min(horizon);
+                self.send_backlog(deadline);
+                None
+            }
+            Step::Sleep(_) | Step::Stop => None,
+        }
+    }
+
+    /// One poll (sending its snapshot), then the next due time: the next slot plus jitter,
+    /// an early retry of a failed fetch, or a server's Retry-After.
+    fn poll_now(&mut self, now: Instant, horizon: Instant) -> Result<String, String> {
         let interval = self.config.poll_interval;
-        // `slot` is the fixed-rate schedule; `due` is when the next poll really runs: the
-        // slot plus a little jitter, an early retry of a failed fetch, or a server's
-        // Retry-After.
-        let mut slot = Instant::now();
-        let mut due = slot;
-        let mut fetch_retries_left = FETCH_RETRIES;
-        let mut last_ok = false;
-        notifier.ready();
-        loop {
-            notifier.watchdog();
-            self.serve_metrics();
-            let now = Instant::now();
-            let send_at = (!self.queue.is_empty()).then(|| self.retry_at.unwrap_or(now));
-            match next_step(now, due, send_at, signals.stop_requested()) {
-                Step::Stop => break,
-                Step::Sleep(d) => {
-                    // Wake in time for the systemd watchdog even on long intervals, and
-                    // often enough to answer scrapes when a metrics listener is open.
-                    let d = notifier.watchdog_interval().map_or(d, |w| d.min(w));
-                    let d = match self.metrics {
-                        Some(_) => d.min(metrics::SERVICE_INTERVAL),
-                        None => d,
-                    };
-                    signals.sleep(d);
-                }
-                Step::Send => {
-                    let deadline = (now + self.config.delivery_timeout).min(due);
-                    self.send_backlog(deadline);
-                }
-                Step::Poll => {
-                    let next_slot = next_poll_after(slot, interval, now);
-                    let deadline = if self.config.once {
-                        now + self.config.delivery_timeout
-                    } else {
-                        (now + self.config.delivery_timeout).min(next_slot)
-                    };
-                    let line = self.poll_and_send(now, deadline);
-                    last_ok = line.is_ok();
-                    notifier.status(line.as_ref().unwrap_or_else(|e| e));
-                    self.write_metrics_textfile();
-                    if self.config.once {
-                        break;
-                    }
-                    let now = Instant::now();
-                    let retry_soon = now + (interval / 4).min(MAX_FETCH_RETRY_GAP);
-                    match self.last_fetch_failure.take() {
-                        Some(FetchFailure {
-                            retry_after: Some(wait),
-                            ..
-                        }) => {
-                            slot = next_poll_after(slot, interval, now);
-                            due = slot.max(now + wait);
-                            fetch_retries_left = FETCH_RETRIES;
-                            log::info!("next poll in {} s (Retry-After)", (due - now).as_secs());
-                        }
-                        Some(FetchFailure {
-                            worth_retrying: true,
-                            ..
-                        }) if fetch_retries_left > 0 && retry_soon < next_slot => {
-                            fetch_retries_left -= 1;
-                            due = retry_soon;
-                        }
-                        _ => {
-                            slot = next_poll_after(slot, interval, now);
-                            due = slot + poll_jitter(interval, jitter_noise());
-                            fetch_retries_left = FETCH_RETRIES;
-                        }
-                    }
-                }
+        let next_slot = next_poll_after(self.slot, interval, now);
+        let deadline = if self.config.once {
+            now + self.config.delivery_timeout
+        } else {
+            (now + self.config.delivery_timeout)
+                .min(next_slot)
+                .min(horizon)
+        };
+        let line = self.poll_and_send(now, deadline);
+        self.polled_once = true;
+        self.last_ok = line.is_ok();
+        self.write_metrics_textfile();
+        let now = Instant::now();
+        let retry_soon = now + (interval / 4).min(MAX_FETCH_RETRY_GAP);
+        match self.last_fetch_failure.take() {
+            Some(FetchFailure {
+                retry_after: Some(wait),
+                ..
+            }) => {
+                self.slot = next_poll_after(self.slot, interval, now);
+                self.due = self.slot.max(now + wait);
+                self.fetch_retries_left = FETCH_RETRIES;
+                log::info!(
+                    "{}next poll in {} s (Retry-After)",
+                    self.tag,
+                    (self.due - now).as_secs()
+                );
+            }
+            Some(FetchFailure {
+                worth_retrying: true,
+                ..
+            }) if self.fetch_retries_left > 0 && retry_soon < next_slot => {
+                self.fetch_retries_left -= 1;
+                self.due = retry_soon;
+            }
+            _ => {
+                self.slot = next_poll_after(self.slot, interval, now);
+                self.due = self.slot + poll_jitter(interval, jitter_noise());
+                self.fetch_retries_left = FETCH_RETRIES;
             }
         }
-        notifier.stopping();
+        line
+    }
+
+    /// After the loop: deliver what is queued within the budget, account for the rest.
+    fn finish(mut self, deadline: Instant) -> RunOutcome {
         // `--once` already spent its delivery budget on the poll.
-        let budget = if self.config.once {
-            Duration::ZERO
+        let deadline = if self.config.once {
+            Instant::now()
         } else {
-            self.config.shutdown_timeout
+            deadline
         };
-        self.drain(Instant::now() + budget);
-        last_ok = last_ok && self.stats.unsent == 0;
+        self.drain(deadline);
         RunOutcome {
+            last_ok: self.last_ok && self.stats.unsent == 0,
             stats: self.stats,
-            last_ok,
         }
+    }
+
+    /// Runs this one feed until stopped (or after one poll with `--once`).
+    pub fn run(self, signals: &mut Signals, notifier: &Notifier) -> RunOutcome {
+        let mut outcomes = run_all(vec![self], None, signals, notifier);
+        outcomes.remove(0)
     }
 
     /// One poll; when nothing older is waiting, its snapshot is sent right away. Returns the
@@ -574,7 +674,7 @@ impl<'a> Runner<'a> {
             Ok(PollOutcome::New(p)) => p,
             Ok(PollOutcome::Unchanged(why)) => {
                 self.stats.skipped += 1;
-                let line = format!("poll unchanged: {why}; nothing sent");
+                let line = format!("{}poll unchanged: {why}; nothing sent", self.tag);
                 log::info!("{line}");
                 return Ok(line);
             }
@@ -589,7 +689,7 @@ impl<'a> Runner<'a> {
                     }
                     PollError::Decode { .. } => self.stats.decode_errors += 1,
                 }
-                let line = format!("poll failed: {e}");
+                let line = format!("{}poll failed: {e}", self.tag);
                 log::error!("{line}");
                 return Err(line);
             }
@@ -607,7 +707,8 @@ impl<'a> Runner<'a> {
         let now_unix = unix_now();
         if backlog > 0 {
             let line = format!(
-                "poll ok: {}; queued behind {backlog} unsent snapshots",
+                "{}poll ok: {}; queued behind {backlog} unsent snapshots",
+                self.tag,
                 describe_poll(&polled, now_unix)
             );
             log::warn!("{line}");
@@ -625,7 +726,8 @@ impl<'a> Runner<'a> {
                 Ok(sent) => last = sent.last.or(last),
                 Err(e) => {
                     let line = format!(
-                        "poll ok: {}; not delivered yet ({} queued): {e}",
+                        "{}poll ok: {}; not delivered yet ({} queued): {e}",
+                        self.tag,
                         describe_poll(&polled, now_unix),
                         self.queue.len()
                     );
@@ -636,7 +738,11 @@ impl<'a> Runner<'a> {
         }
         let last = last.unwrap_or(Landed::Stdout);
         self.last_send_seconds = Some(started.elapsed().as_secs_f64());
-        let line = describe(&polled, &last, started.elapsed(), now_unix);
+        let line = format!(
+            "{}{}",
+            self.tag,
+            describe(&polled, &last, started.elapsed(), now_unix)
+        );
         log::info!("{line}");
         Ok(line)
     }
@@ -649,14 +755,19 @@ impl<'a> Runner<'a> {
                 Ok(sent) => {
                     if let Some(last) = sent.last {
                         log::info!(
-                            "delivered {} queued records (last {last}); {} snapshots still queued",
+                            "{}delivered {} queued records (last {last}); {} snapshots still queued",
+                            self.tag,
                             sent.records,
                             self.queue.len()
                         );
                     }
                 }
                 Err(e) => {
-                    log::warn!("deliver failed ({} queued): {e}", self.queue.len());
+                    log::warn!(
+                        "{}deliver failed ({} queued): {e}",
+                        self.tag,
+                        self.queue.len()
+                    );
                     return;
                 }
             }
@@ -915,16 +1026,11 @@ impl<'a> Runner<'a> {
         }
     }
 
-    fn serve_metrics(&self) {
-        if let Some(server) = &self.metrics {
-            server.serve_pending(&self.config.source_id, &self.metrics_view());
-        }
-    }
-
+    /// The textfile of a single-feed run (a multi-feed run names one file per feed).
     fn write_metrics_textfile(&self) {
         if let Some(path) = &self.config.metrics_textfile {
-            let view = self.metrics_view();
-            if let Err(e) = metrics::write_textfile(path, &self.config.source_id, &view) {
+            let views = [(self.config.source_id.clone(), self.metrics_view())];
+            if let Err(e) = metrics::write_textfile(path, &views) {
                 log::warn!("metrics textfile {}: {e}", path.display());
             }
         }

@@ -9,6 +9,7 @@
 use std::fmt;
 use std::time::Duration;
 
+use crate::config_file;
 use crate::fetch::{CaFile, FeedApiKey, KeyPlace};
 use crate::json::FieldNames;
 use crate::kafka::{Sasl, SaslMechanism, Secret, Tls, TlsFiles};
@@ -39,7 +40,8 @@ impl Defaults {
 /// What the process was asked to do.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Command {
-    Run(Box<Config>),
+    /// Poll one feed (env/flags) or several (`--config FILE`), all in one loop.
+    Run(Vec<Config>),
     /// Print the document that would be sent for a .pb file (`None` = stdin).
     Convert(ConvertConfig),
     /// Send archived captures (files, or every file of a directory) in order.
@@ -254,6 +256,7 @@ const SETTINGS: &[Setting] = &[
     s(Some("FEED_API_KEY_PARAM"), "--feed-api-key-param"),
     s(Some("FEED_API_KEY_HEADER"), "--feed-api-key-header"),
     s(Some("RUST_LOG"), "--log-level"),
+    s(Some("CONFIG_FILE"), "--config"),
     s(Some("QUEUE_MAX_BYTES"), "--queue-max-bytes"),
     s(Some("SPOOL_DIR"), "--spool-dir"),
     s(Some("METRICS_ADDR"), "--metrics-addr"),
@@ -459,8 +462,71 @@ pub fn parse(
             "unexpected argument {:?} (the only subcommand is `convert FILE|-`)",
             positional[0]
         ))),
-        None => run_config(&raw).map(|c| Command::Run(Box::new(c))),
+        None => match raw.get("--config") {
+            Some((setting, path)) => feeds_from_file(&raw, &setting, &path).map(Command::Run),
+            None => run_config(&raw).map(|c| Command::Run(vec![c])),
+        },
     }
+}
+
+/// `--config FILE`: one `Config` per `[[feed]]`. Each setting comes from the flags, else the
+/// feed's table, else the file's top level, else the environment, else the default — and is
+/// validated exactly like the env-only path.
+fn feeds_from_file(raw: &Raw, setting: &str, path: &str) -> Result<Vec<Config>, ConfigError> {
+    let file_error = |reason: String| ConfigError {
+        setting: format!("{setting} {path}"),
+        reason,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| file_error(e.to_string()))?;
+    let file = config_file::parse(&text).map_err(|e| file_error(e.to_string()))?;
+    let known: Vec<String> = SETTINGS
+        .iter()
+        .filter_map(|s| s.env)
+        .map(str::to_ascii_lowercase)
+        .collect();
+    let all_keys = file.defaults.iter().chain(file.feeds.iter().flatten());
+    if let Some((key, _)) = all_keys.clone().find(|(k, _)| !known.contains(k)) {
+        return Err(file_error(format!(
+            "unknown setting {key:?} (keys are the environment variable names in lower case)"
+        )));
+    }
+    if file.feeds.is_empty() {
+        return Err(file_error("no [[feed]] table".to_string()));
+    }
+    let mut configs: Vec<Config> = Vec::new();
+    for index in 0..file.feeds.len() {
+        let lookup = |name: &str| {
+            file.get(index, &name.to_ascii_lowercase())
+                .map(str::to_string)
+                .or_else(|| (raw.env)(name))
+        };
+        let feed_raw = Raw {
+            flags: raw.flags.clone(),
+            properties: raw.properties.clone(),
+            env: &lookup,
+        };
+        let mut config = run_config(&feed_raw).map_err(|e| ConfigError {
+            setting: format!("{} in [[feed]] #{} of {path}", e.setting, index + 1),
+            reason: e.reason,
+        })?;
+        if configs.iter().any(|c| c.source_id == config.source_id) {
+            return Err(file_error(format!(
+                "two feeds share source_id {:?}; each feed needs its own",
+                config.source_id
+            )));
+        }
+        // Feeds share one spool directory and textfile setting; each keeps its own apart.
+        config.spool_dir = config.spool_dir.map(|d| d.join(&config.source_id));
+        config.metrics_textfile = config.metrics_textfile.map(|path| {
+            let stem = path.file_stem().map_or_else(
+                || "gtfs_rt_kafka".to_string(),
+                |s| s.to_string_lossy().into_owned(),
+            );
+            path.with_file_name(format!("{stem}.{}.prom", config.source_id))
+        });
+        configs.push(config);
+    }
+    Ok(configs)
 }
 
 fn usage(reason: String) -> ConfigError {
@@ -1177,6 +1243,8 @@ METRICS
     --metrics-textfile PATH    METRICS_TEXTFILE   rewrite a node_exporter textfile after each poll
 
 PROCESS
+    --config FILE              CONFIG_FILE        several feeds in one process: [[feed]] tables of
+                                                  these settings (lower-case env names); see README
     --once                                        one poll; exit 0 if delivered, 1 if not
     --shutdown-timeout SECS    SHUTDOWN_TIMEOUT   finish an in-flight poll after SIGTERM [default: 10]
     --log-level LEVEL          RUST_LOG           off|error|warn|info|debug|trace [default: info]
@@ -1198,7 +1266,7 @@ mod tests {
             .collect();
         let lookup = move |k: &str| env.iter().find(|(ek, _)| ek == k).map(|(_, v)| v.clone());
         match parse(args.iter().map(|a| a.to_string()), &lookup)? {
-            Command::Run(c) => Ok(*c),
+            Command::Run(mut c) => Ok(c.remove(0)),
             other => panic!("expected Run, got {other:?}"),
         }
     }

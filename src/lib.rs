@@ -6,6 +6,7 @@
 
 pub mod app;
 pub mod config;
+pub mod config_file;
 pub mod decode;
 pub mod fetch;
 pub mod json;

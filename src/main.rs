@@ -8,9 +8,10 @@ use std::io::{Read, Write};
 use std::process::ExitCode;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use gtfs_rt_kafka::app::{Pipeline, Runner};
+use gtfs_rt_kafka::app::{self, Pipeline, Runner, StartError};
 use gtfs_rt_kafka::config::{self, Command, Config, ConvertConfig, SinkKind};
 use gtfs_rt_kafka::json::{transcode_feed, Envelope};
+use gtfs_rt_kafka::metrics::MetricsServer;
 use gtfs_rt_kafka::notify::Notifier;
 use gtfs_rt_kafka::signals::Signals;
 use gtfs_rt_kafka::sink::{KafkaSink, Sink, StdoutSink};
@@ -39,8 +40,12 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(config: &Config) -> ExitCode {
-    init_logging(config.log_level);
+/// The daemon: one feed from env/flags, or several from `--config`, in one loop.
+fn run(configs: &[Config]) -> ExitCode {
+    let Some(first) = configs.first() else {
+        return ExitCode::from(EXIT_CONFIG);
+    };
+    init_logging(first.log_level);
     let mut signals = match Signals::install() {
         Ok(s) => s,
         Err(e) => {
@@ -48,8 +53,60 @@ fn run(config: &Config) -> ExitCode {
             return ExitCode::from(EXIT_FAILED);
         }
     };
-    let pipeline = Pipeline::new(config);
-    let mut sink: Box<dyn Sink> = match config.sink {
+    let metrics = match first.metrics_addr.as_deref().map(bind_metrics).transpose() {
+        Ok(m) => m,
+        Err(e) => {
+            log::error!("{e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let mut sinks: Vec<Box<dyn Sink>> = configs.iter().map(open_sink).collect();
+    let mut runners = Vec::with_capacity(configs.len());
+    for (config, sink) in configs.iter().zip(sinks.iter_mut()) {
+        log::info!(
+            "starting: {} every {:.1}s -> {}",
+            pipeline_source(config),
+            config.poll_interval.as_secs_f64(),
+            sink_target(config)
+        );
+        match Runner::new(config, Pipeline::new(config), sink.as_mut()) {
+            Ok(r) => runners.push(r),
+            Err(e) => {
+                log::error!("{e}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        }
+    }
+    let env = |name: &str| std::env::var(name).ok();
+    let notifier = Notifier::from_env(&env);
+    let outcomes = app::run_all(runners, metrics.as_ref(), &mut signals, &notifier);
+    let mut all_ok = true;
+    for (config, outcome) in configs.iter().zip(&outcomes) {
+        let tag = if configs.len() > 1 {
+            format!("[{}] ", config.source_id)
+        } else {
+            String::new()
+        };
+        log::info!("{tag}stopped: {}", outcome.stats);
+        all_ok &= outcome.last_ok;
+    }
+    if first.once && !all_ok {
+        return ExitCode::from(EXIT_FAILED);
+    }
+    ExitCode::SUCCESS
+}
+
+fn bind_metrics(addr: &str) -> Result<MetricsServer, StartError> {
+    let server = MetricsServer::bind(addr).map_err(|cause| StartError::Metrics {
+        addr: addr.to_string(),
+        cause,
+    })?;
+    log::info!("metrics on http://{addr}/metrics and /health");
+    Ok(server)
+}
+
+fn open_sink(config: &Config) -> Box<dyn Sink> {
+    match config.sink {
         SinkKind::Kafka => {
             let mut kafka = KafkaSink::new(&config.kafka);
             if let Some(topic) = &config.kafka.create_topic {
@@ -57,29 +114,8 @@ fn run(config: &Config) -> ExitCode {
             }
             Box::new(kafka)
         }
-        SinkKind::Stdout => Box::new(StdoutSink::new(std::io::stdout().lock())),
-    };
-    log::info!(
-        "starting: {} every {:.1}s -> {}",
-        pipeline_source(config),
-        config.poll_interval.as_secs_f64(),
-        sink_target(config)
-    );
-    let env = |name: &str| std::env::var(name).ok();
-    let notifier = Notifier::from_env(&env);
-    let runner = match Runner::new(config, pipeline, sink.as_mut()) {
-        Ok(r) => r,
-        Err(e) => {
-            log::error!("{e}");
-            return ExitCode::from(EXIT_CONFIG);
-        }
-    };
-    let outcome = runner.run(&mut signals, &notifier);
-    log::info!("stopped: {}", outcome.stats);
-    if config.once && !outcome.last_ok {
-        return ExitCode::from(EXIT_FAILED);
+        SinkKind::Stdout => Box::new(StdoutSink::new(std::io::stdout())),
     }
-    ExitCode::SUCCESS
 }
 
 /// `replay FILES…|DIR`: same document rules and sink as a run; no spool, metrics or skipping.

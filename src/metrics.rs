@@ -39,95 +39,110 @@ impl View {
     }
 }
 
-/// The text exposition format (version 0.0.4).
-pub fn render(feed: &str, m: &View, now_unix: f64) -> String {
-    let label = format!("{{feed=\"{}\"}}", escape_label(feed));
-    let mut out = String::with_capacity(2048);
-    let s = &m.stats;
-    let counters: [(&str, &str, u64); 10] = [
-        ("polls_total", "Polls started.", s.polls),
+/// The text exposition format (version 0.0.4), one sample per feed for every metric (all
+/// samples of a metric stay together under one HELP/TYPE, as the format requires).
+pub fn render(feeds: &[(String, View)], now_unix: f64) -> String {
+    type Read = fn(&View, f64) -> f64;
+    let metrics: [(&str, &str, &str, Read); 15] = [
+        ("polls_total", "counter", "Polls started.", |v, _| {
+            v.stats.polls as f64
+        }),
         (
             "delivered_total",
+            "counter",
             "Snapshots acknowledged by the sink.",
-            s.delivered,
+            |v, _| v.stats.delivered as f64,
         ),
         (
             "fetch_errors_total",
+            "counter",
             "Polls whose fetch failed.",
-            s.fetch_errors,
+            |v, _| v.stats.fetch_errors as f64,
         ),
         (
             "decode_errors_total",
+            "counter",
             "Polls whose body was not a FeedMessage.",
-            s.decode_errors,
+            |v, _| v.stats.decode_errors as f64,
         ),
-        ("unchanged_total", "Polls skipped as unchanged.", s.skipped),
+        (
+            "unchanged_total",
+            "counter",
+            "Polls skipped as unchanged.",
+            |v, _| v.stats.skipped as f64,
+        ),
         (
             "delivery_errors_total",
+            "counter",
             "Failed send attempts (retried).",
-            s.delivery_errors,
+            |v, _| v.stats.delivery_errors as f64,
         ),
         (
             "dropped_total",
+            "counter",
             "Snapshots dropped because the queue was full.",
-            s.dropped,
+            |v, _| v.stats.dropped as f64,
         ),
         (
             "rejected_total",
+            "counter",
             "Snapshots the broker refused (too large, invalid).",
-            s.rejected,
+            |v, _| v.stats.rejected as f64,
         ),
         (
             "rejected_records_total",
+            "counter",
             "Entity records the broker refused.",
-            s.rejected_records,
+            |v, _| v.stats.rejected_records as f64,
         ),
         (
             "spool_errors_total",
+            "counter",
             "Spool writes that failed.",
-            s.spool_errors,
+            |v, _| v.stats.spool_errors as f64,
         ),
-    ];
-    for (name, help, value) in counters {
-        metric(&mut out, name, "counter", help, &label, value as f64);
-    }
-    let gauges: [(&str, &str, f64); 5] = [
         (
             "queue_snapshots",
+            "gauge",
             "Snapshots waiting to be sent.",
-            m.queue_snapshots as f64,
+            |v, _| v.queue_snapshots as f64,
         ),
         (
             "queue_bytes",
+            "gauge",
             "Bytes of snapshots waiting to be sent.",
-            m.queue_bytes as f64,
+            |v, _| v.queue_bytes as f64,
         ),
         (
             "last_delivery_age_seconds",
+            "gauge",
             "Seconds since the last acknowledged delivery (health).",
-            m.delivery_age(now_unix),
+            |v, now| v.delivery_age(now),
         ),
         (
             "last_delivery_timestamp_seconds",
+            "gauge",
             "Unix time of the last acknowledged delivery.",
-            m.last_delivery_unix.unwrap_or(0.0),
+            |v, _| v.last_delivery_unix.unwrap_or(0.0),
         ),
         (
             "last_send_duration_seconds",
+            "gauge",
             "Poll-to-acknowledgement time of the last delivered poll.",
-            m.last_send_seconds.unwrap_or(0.0),
+            |v, _| v.last_send_seconds.unwrap_or(0.0),
         ),
     ];
-    for (name, help, value) in gauges {
-        metric(&mut out, name, "gauge", help, &label, value);
+    let mut out = String::with_capacity(1024 + 256 * feeds.len() * metrics.len());
+    for (name, kind, help, read) in metrics {
+        let _ = writeln!(out, "# HELP gtfs_rt_kafka_{name} {help}");
+        let _ = writeln!(out, "# TYPE gtfs_rt_kafka_{name} {kind}");
+        for (feed, view) in feeds {
+            let value = read(view, now_unix);
+            let label = escape_label(feed);
+            let _ = writeln!(out, "gtfs_rt_kafka_{name}{{feed=\"{label}\"}} {value}");
+        }
     }
     out
-}
-
-fn metric(out: &mut String, name: &str, kind: &str, help: &str, label: &str, value: f64) {
-    let _ = writeln!(out, "# HELP gtfs_rt_kafka_{name} {help}");
-    let _ = writeln!(out, "# TYPE gtfs_rt_kafka_{name} {kind}");
-    let _ = writeln!(out, "gtfs_rt_kafka_{name}{label} {value}");
 }
 
 fn escape_label(v: &str) -> String {
@@ -164,16 +179,17 @@ impl MetricsServer {
     }
 
     /// Answers every connection waiting right now: `/metrics` (or `/`) and `/health`.
-    pub fn serve_pending(&self, feed: &str, m: &View) {
+    pub fn serve_pending(&self, feeds: &[(String, View)]) {
         while let Ok((stream, _)) = self.listener.accept() {
-            if let Err(e) = answer(stream, feed, m) {
+            if let Err(e) = answer(stream, feeds) {
                 log::debug!("metrics: scrape failed: {e}");
             }
         }
     }
 }
 
-fn answer(mut stream: TcpStream, feed: &str, m: &View) -> std::io::Result<()> {
+/// `/health` is healthy when every feed is.
+fn answer(mut stream: TcpStream, feeds: &[(String, View)]) -> std::io::Result<()> {
     stream.set_nonblocking(false)?;
     stream.set_read_timeout(Some(REQUEST_TIMEOUT))?;
     stream.set_write_timeout(Some(REQUEST_TIMEOUT))?;
@@ -182,16 +198,21 @@ fn answer(mut stream: TcpStream, feed: &str, m: &View) -> std::io::Result<()> {
     let head = String::from_utf8_lossy(&request[..n]);
     let path = head.split_whitespace().nth(1).unwrap_or("/");
     let now = now_unix();
+    let health: String = feeds
+        .iter()
+        .map(|(feed, v)| {
+            let state = if v.healthy(now) { "ok" } else { "stale" };
+            format!(
+                "{feed}: {state}, last delivery {:.0}s ago\n",
+                v.delivery_age(now)
+            )
+        })
+        .collect();
+    let all_healthy = feeds.iter().all(|(_, v)| v.healthy(now));
     let (status, body) = match path {
-        "/metrics" | "/" => ("200 OK", render(feed, m, now)),
-        "/health" if m.healthy(now) => (
-            "200 OK",
-            format!("ok: last delivery {:.0}s ago\n", m.delivery_age(now)),
-        ),
-        "/health" => (
-            "503 Service Unavailable",
-            format!("stale: last delivery {:.0}s ago\n", m.delivery_age(now)),
-        ),
+        "/metrics" | "/" => ("200 OK", render(feeds, now)),
+        "/health" if all_healthy => ("200 OK", health),
+        "/health" => ("503 Service Unavailable", health),
         _ => ("404 Not Found", "not found\n".to_string()),
     };
     write!(
@@ -204,10 +225,10 @@ fn answer(mut stream: TcpStream, feed: &str, m: &View) -> std::io::Result<()> {
 
 /// Writes the exposition to `path` atomically (temp file + rename), as node_exporter's
 /// textfile collector expects.
-pub fn write_textfile(path: &Path, feed: &str, m: &View) -> std::io::Result<()> {
+pub fn write_textfile(path: &Path, feeds: &[(String, View)]) -> std::io::Result<()> {
     let mut tmp = PathBuf::from(path);
     tmp.set_extension("prom.tmp");
-    std::fs::write(&tmp, render(feed, m, now_unix()))?;
+    std::fs::write(&tmp, render(feeds, now_unix()))?;
     std::fs::rename(&tmp, path)
 }
 
@@ -234,7 +255,7 @@ mod tests {
 
     #[test]
     fn exposition_has_counters_gauges_and_a_label() {
-        let text = render("toei \"vehicle\"", &sample(), 1030.0);
+        let text = render(&[("toei \"vehicle\"".to_string(), sample())], 1030.0);
         for line in [
             "# TYPE gtfs_rt_kafka_polls_total counter",
             "gtfs_rt_kafka_polls_total{feed=\"toei \\\"vehicle\\\"\"} 7",
@@ -282,13 +303,13 @@ mod tests {
         };
         let start = std::time::Instant::now();
         while !metrics.is_finished() || !health.is_finished() {
-            server.serve_pending("f", &m);
+            server.serve_pending(&[("f".to_string(), m.clone())]);
             std::thread::sleep(Duration::from_millis(10));
             assert!(start.elapsed() < Duration::from_secs(5));
         }
         let metrics = metrics.join().unwrap();
         assert!(metrics.starts_with("HTTP/1.1 200 OK"), "{metrics}");
         assert!(metrics.contains("gtfs_rt_kafka_delivered_total{feed=\"f\"} 5"));
-        assert!(health.join().unwrap().contains("ok: last delivery"));
+        assert!(health.join().unwrap().contains("f: ok, last delivery"));
     }
 }
