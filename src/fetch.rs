@@ -44,14 +44,12 @@ impl CaFile {
     pub fn load(path: &Path) -> Result<CaFile, String> {
         let pem =
             std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-        let mut certs = Vec::new();
-        for item in ureq::tls::parse_pem(&pem) {
-            match item {
-                Ok(ureq::tls::PemItem::Certificate(c)) => certs.push(c.der().to_vec()),
-                Ok(_) => {}
-                Err(e) => return Err(format!("{}: not PEM: {e}", path.display())),
-            }
-        }
+        // The same PEM reader as Kafka's ssl.ca.location (kafka::tls): one copy in the binary.
+        use rustls::pki_types::{pem::PemObject, CertificateDer};
+        let certs = CertificateDer::pem_slice_iter(&pem)
+            .map(|c| c.map(|c| c.to_vec()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("{}: not PEM: {e}", path.display()))?;
         if certs.is_empty() {
             return Err(format!(
                 "{} holds no PEM certificate (-----BEGIN CERTIFICATE-----)",

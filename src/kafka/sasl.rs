@@ -6,8 +6,6 @@
 use std::num::NonZeroU32;
 use std::time::Duration;
 
-use base64::engine::general_purpose::STANDARD as BASE64;
-use base64::Engine as _;
 use bytes::Bytes;
 use kafka_protocol::messages::{ApiKey, SaslAuthenticateRequest, SaslHandshakeRequest};
 use kafka_protocol::protocol::StrBytes;
@@ -136,9 +134,8 @@ impl Scram {
         if nonce.contains(|c: char| !c.is_ascii_graphic()) {
             return Err("server nonce is not printable".to_owned());
         }
-        let salt = BASE64
-            .decode(salt.ok_or("server-first message has no salt (s=)")?)
-            .map_err(|_| "server salt is not base64".to_owned())?;
+        let salt = b64::decode(salt.ok_or("server-first message has no salt (s=)")?)
+            .ok_or("server salt is not base64")?;
         let iterations: u32 = iterations
             .ok_or("server-first message has no iteration count (i=)")?
             .parse()
@@ -180,7 +177,7 @@ impl Scram {
             auth_message.as_bytes(),
         );
         Ok((
-            format!("{without_proof},p={}", BASE64.encode(proof)),
+            format!("{without_proof},p={}", b64::encode(&proof)),
             AwaitingServerFinal {
                 server_signature: server_signature.as_ref().to_vec(),
             },
@@ -198,9 +195,7 @@ impl AwaitingServerFinal {
         let v = first
             .strip_prefix("v=")
             .ok_or("server-final message has no verifier (v=)")?;
-        let got = BASE64
-            .decode(v)
-            .map_err(|_| "server verifier is not base64".to_owned())?;
+        let got = b64::decode(v).ok_or("server verifier is not base64")?;
         // Constant time: a mismatch says nothing about where.
         let same = got.len() == self.server_signature.len()
             && got
@@ -232,7 +227,62 @@ fn nonce() -> Result<String, String> {
     ring::rand::SystemRandom::new()
         .fill(&mut bytes)
         .map_err(|_| "the system random source failed".to_owned())?;
-    Ok(BASE64.encode(bytes))
+    Ok(b64::encode(&bytes))
+}
+
+/// Standard base64 with padding (RFC 4648 section 4), the only form SCRAM uses; a few lines
+/// instead of a crate.
+mod b64 {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+    pub(super) fn encode(bytes: &[u8]) -> String {
+        let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+        for chunk in bytes.chunks(3) {
+            let n = chunk
+                .iter()
+                .enumerate()
+                .fold(0u32, |n, (i, &b)| n | u32::from(b) << (16 - 8 * i));
+            for i in 0..4 {
+                out.push(if i <= chunk.len() {
+                    char::from(ALPHABET[(n >> (18 - 6 * i) & 63) as usize])
+                } else {
+                    '='
+                });
+            }
+        }
+        out
+    }
+
+    /// Strict: whole quads, padding only at the very end, nothing outside the alphabet.
+    pub(super) fn decode(text: &str) -> Option<Vec<u8>> {
+        let bytes = text.as_bytes();
+        if bytes.len() % 4 != 0 {
+            return None;
+        }
+        let quads = bytes.len() / 4;
+        let mut out = Vec::with_capacity(quads * 3);
+        for (i, quad) in bytes.chunks(4).enumerate() {
+            let pad = quad.iter().rev().take_while(|&&c| c == b'=').count();
+            if pad > 2 || (pad > 0 && i + 1 < quads) {
+                return None;
+            }
+            let mut n = 0u32;
+            for &c in &quad[..4 - pad] {
+                let v = match c {
+                    b'A'..=b'Z' => c - b'A',
+                    b'a'..=b'z' => c - b'a' + 26,
+                    b'0'..=b'9' => c - b'0' + 52,
+                    b'+' => 62,
+                    b'/' => 63,
+                    _ => return None,
+                };
+                n = n << 6 | u32::from(v);
+            }
+            n <<= 6 * pad;
+            out.extend_from_slice(&n.to_be_bytes()[1..4 - pad]);
+        }
+        Some(out)
+    }
 }
 
 /// One mechanism's client side: a first message, then an answer per server challenge.
@@ -583,12 +633,10 @@ pub(crate) mod tests {
             assert_eq!(reply, client_final, "{hash:?}");
             awaiting.verify(server_final).unwrap();
             // A signature off by one bit is refused.
-            let mut sig = BASE64
-                .decode(server_final.strip_prefix("v=").unwrap())
-                .unwrap();
+            let mut sig = b64::decode(server_final.strip_prefix("v=").unwrap()).unwrap();
             sig[0] ^= 1;
             let err = awaiting
-                .verify(&format!("v={}", BASE64.encode(sig)))
+                .verify(&format!("v={}", b64::encode(&sig)))
                 .unwrap_err();
             assert!(err.contains("does not match"), "{err}");
         }
@@ -618,6 +666,29 @@ pub(crate) mod tests {
             .contains("invalid-proof"));
         assert!(awaiting.verify("x=1").is_err());
         assert!(awaiting.verify("v=%%%").is_err());
+    }
+
+    #[test]
+    fn base64_rfc_4648_vectors() {
+        for (plain, encoded) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("fooba", "Zm9vYmE="),
+            ("foobar", "Zm9vYmFy"),
+        ] {
+            assert_eq!(b64::encode(plain.as_bytes()), encoded);
+            assert_eq!(b64::decode(encoded).unwrap(), plain.as_bytes());
+        }
+        let all: Vec<u8> = (0..=255).collect();
+        for n in 0..all.len() {
+            assert_eq!(b64::decode(&b64::encode(&all[..n])).unwrap(), &all[..n]);
+        }
+        for bad in ["Zg=", "Z===", "Zg==Zg==", "Zm9v\n", "Zm9-", "=m9v", "Zm=v"] {
+            assert_eq!(b64::decode(bad), None, "{bad:?}");
+        }
     }
 
     #[test]
