@@ -479,9 +479,13 @@ fn feeds_from_file(raw: &Raw, setting: &str, path: &str) -> Result<Vec<Config>, 
     };
     let text = std::fs::read_to_string(path).map_err(|e| file_error(e.to_string()))?;
     let file = config_file::parse(&text).map_err(|e| file_error(e.to_string()))?;
+    // Every env var name is a key: the flag-backed settings, the Kafka security properties,
+    // and the secrets that are env/file only.
     let known: Vec<String> = SETTINGS
         .iter()
         .filter_map(|s| s.env)
+        .chain(KAFKA_PROPERTIES.iter().map(|(_, env)| *env))
+        .chain(["KAFKA_SASL_PASSWORD_FILE", "FEED_API_KEY"])
         .map(str::to_ascii_lowercase)
         .collect();
     let all_keys = file.defaults.iter().chain(file.feeds.iter().flatten());
