@@ -9,6 +9,7 @@ use std::path::PathBuf;
 
 use bytes::{BufMut, BytesMut};
 use kafka_protocol::messages::api_versions_response::ApiVersion;
+use kafka_protocol::messages::create_topics_response::CreatableTopicResult;
 use kafka_protocol::messages::metadata_response::{
     MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
 };
@@ -16,8 +17,9 @@ use kafka_protocol::messages::produce_response::{
     BatchIndexAndErrorMessage, PartitionProduceResponse, TopicProduceResponse,
 };
 use kafka_protocol::messages::{
-    ApiKey, ApiVersionsResponse, BrokerId, InitProducerIdResponse, MetadataResponse,
-    ProduceResponse, ProducerId, ResponseHeader, TopicName,
+    ApiKey, ApiVersionsResponse, BrokerId, CreateTopicsResponse, InitProducerIdResponse,
+    MetadataResponse, ProduceResponse, ProducerId, ResponseHeader, SaslAuthenticateResponse,
+    SaslHandshakeResponse, TopicName,
 };
 use kafka_protocol::protocol::{Encodable, StrBytes};
 
@@ -131,6 +133,8 @@ fn main() {
         seed(2, 0, ApiKey::ApiVersions, 0, &fallback),
     );
 
+    more_seeds(&write);
+
     let init = InitProducerIdResponse::default()
         .with_producer_id(ProducerId(77))
         .with_producer_epoch(2);
@@ -138,6 +142,45 @@ fn main() {
         write(
             format!("init-producer-id-v{version}"),
             seed(3, 0, ApiKey::InitProducerId, version, &init),
+        );
+    }
+}
+
+fn more_seeds(write: &dyn Fn(String, Vec<u8>)) {
+    let created = CreateTopicsResponse::default().with_topics(vec![
+        CreatableTopicResult::default()
+            .with_name(TopicName(StrBytes::from_static_str("t")))
+            .with_topic_id(uuid_bytes([1; 16]))
+            .with_num_partitions(3)
+            .with_replication_factor(1),
+        CreatableTopicResult::default()
+            .with_name(TopicName(StrBytes::from_static_str("u")))
+            .with_error_code(36)
+            .with_error_message(Some("Topic 'u' already exists.".into())),
+    ]);
+    for version in 4..=7 {
+        write(
+            format!("create-topics-v{version}"),
+            seed(4, 4, ApiKey::CreateTopics, version, &created),
+        );
+    }
+    let handshake = SaslHandshakeResponse::default().with_mechanisms(vec![
+        StrBytes::from_static_str("PLAIN"),
+        StrBytes::from_static_str("SCRAM-SHA-512"),
+    ]);
+    write(
+        "sasl-handshake-v1".to_owned(),
+        seed(5, 1, ApiKey::SaslHandshake, 1, &handshake),
+    );
+    let authenticate = SaslAuthenticateResponse::default()
+        .with_auth_bytes(bytes::Bytes::from_static(
+            b"r=fyko+d2lbbFgONRv9qkxdawLHo+Vgk7qvUOKUwuWLIWg4l/9SraGMHEE,s=QSXCR+Q6sek8bf92,i=4096",
+        ))
+        .with_session_lifetime_ms(3_600_000);
+    for version in 0..=2 {
+        write(
+            format!("sasl-authenticate-v{version}"),
+            seed(6, 0, ApiKey::SaslAuthenticate, version, &authenticate),
         );
     }
 }

@@ -4,6 +4,11 @@
 //! error for error.
 #![no_main]
 
+mod alloc_guard;
+
+#[global_allocator]
+static ALLOC: alloc_guard::Guard = alloc_guard::Guard;
+
 use gtfs_rt_kafka::decode::{decode_entities, decode_feed};
 use gtfs_rt_kafka::json::{transcode_feed, write_entity, write_feed, Envelope, FieldNames};
 use libfuzzer_sys::fuzz_target;
@@ -50,7 +55,8 @@ fuzz_target!(|data: &[u8]| {
         let mut streamed_doc = b"previous,".to_vec();
         let streamed_result = transcode_feed(&mut streamed_doc, data, names, Some(&envelope));
         let Ok(feed) = &whole else {
-            let err = streamed_result.expect_err("transcode_feed accepted what decode_feed refused");
+            let err =
+                streamed_result.expect_err("transcode_feed accepted what decode_feed refused");
             assert_eq!(err.to_string(), whole.as_ref().err().unwrap().to_string());
             assert_eq!(streamed_doc, b"previous,");
             continue;

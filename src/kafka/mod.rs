@@ -43,8 +43,9 @@ pub use tls::{Tls, TlsFiles};
 
 /// Not an API: the fuzzers' way in (fuzz/fuzz_targets/kafka_response.rs). Runs one broker reply
 /// through what the producer does with it: the size prefix check, the response header and
-/// correlation id (1), the bounded decoder for `api` (0 Produce, 3 Metadata, 18 ApiVersions with
-/// its KIP-511 fallback, 22 InitProducerId) at `version`, then metadata ingestion or the per-partition
+/// correlation id (1), the bounded decoder for `api` (0 Produce, 3 Metadata, 17 SaslHandshake,
+/// 18 ApiVersions with its KIP-511 fallback, 19 CreateTopics, 22 InitProducerId, 36
+/// SaslAuthenticate) at `version`, then metadata ingestion or the per-partition
 /// produce decisions for topic "t", partitions 0..=2. Errors are returned, never panics.
 #[doc(hidden)]
 pub fn fuzz_response(api: i16, version: i16, frame: &[u8]) -> Result<(), String> {
@@ -89,6 +90,30 @@ pub fn fuzz_response(api: i16, version: i16, frame: &[u8]) -> Result<(), String>
             1,
             body,
             response::init_producer_id,
+        )
+        .map(drop),
+        17 => wire::parse_response(
+            ApiKey::SaslHandshake,
+            version,
+            1,
+            body,
+            response::sasl_handshake,
+        )
+        .map(drop),
+        19 => wire::parse_response(
+            ApiKey::CreateTopics,
+            version,
+            1,
+            body,
+            response::create_topics,
+        )
+        .map(drop),
+        36 => wire::parse_response(
+            ApiKey::SaslAuthenticate,
+            version,
+            1,
+            body,
+            response::sasl_authenticate,
         )
         .map(drop),
         _ => Err(format!("api {api} is not read by the producer")),
