@@ -40,12 +40,13 @@ impl Defaults {
 /// What the process was asked to do.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Command {
-    /// Poll one feed (env/flags) or several (`--config FILE`), all in one loop.
-    Run(Vec<Config>),
+    /// Poll one feed (env/flags) or several (`--config FILE`), each in its own loop.
+    Run(RunConfig),
     /// Print the document that would be sent for a .pb file (`None` = stdin).
     Convert(ConvertConfig),
     /// Send archived captures (files, or every file of a directory) in order.
     Replay {
+        process: ProcessConfig,
         config: Box<Config>,
         inputs: Vec<String>,
     },
@@ -179,6 +180,32 @@ pub struct FetchSettings {
     pub api_key: Option<FeedApiKey>,
 }
 
+/// Settings of the whole process: one value whatever the number of feeds. A config file
+/// sets them at its top level, never inside `[[feed]]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProcessConfig {
+    pub log_level: log::LevelFilter,
+    /// After SIGTERM/SIGINT, how long the feeds may take to deliver what they hold.
+    pub shutdown_timeout: Duration,
+    /// `host:port` for the Prometheus `/metrics` and `/health` listener.
+    pub metrics_addr: Option<String>,
+    /// Poll every feed once, deliver, exit.
+    pub once: bool,
+    /// The `--config` file, read again on SIGHUP.
+    pub config_file: Option<std::path::PathBuf>,
+}
+
+/// The setting names (config-file keys) that are process-wide.
+pub const PROCESS_KEYS: &[&str] = &["rust_log", "shutdown_timeout", "metrics_addr", "config_file"];
+
+/// What `run` needs: the process settings and one `Config` per feed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunConfig {
+    pub process: ProcessConfig,
+    pub feeds: Vec<Config>,
+}
+
+/// The settings of one feed: where it is fetched, how it is converted, where it goes.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     pub fetch: FetchSettings,
@@ -191,18 +218,12 @@ pub struct Config {
     pub mode: Mode,
     pub record_timestamp: RecordTimestamp,
     pub skip_unchanged: SkipUnchanged,
-    pub once: bool,
     /// How long one poll's delivery may retry before the poll counts as failed.
     pub delivery_timeout: Duration,
-    /// After SIGTERM/SIGINT during a poll, how long it may take to finish delivering.
-    pub shutdown_timeout: Duration,
-    pub log_level: log::LevelFilter,
     /// Bound of unsent snapshots held in memory (and in the spool); oldest dropped beyond.
     pub queue_max_bytes: usize,
     /// Crash-safe copies of unsent snapshots; `None` = memory only.
     pub spool_dir: Option<std::path::PathBuf>,
-    /// `host:port` for the Prometheus `/metrics` and `/health` listener.
-    pub metrics_addr: Option<String>,
     /// node_exporter textfile to rewrite after each poll.
     pub metrics_textfile: Option<std::path::PathBuf>,
 }
@@ -382,6 +403,35 @@ impl Raw<'_> {
         (self.env)(name).filter(|v| !v.trim().is_empty())
     }
 
+    /// A setting given but empty is an error naming it: an empty value never means "use the
+    /// default" (unset the variable for that).
+    fn refuse_blank(&self) -> Result<(), ConfigError> {
+        for (setting, value) in &self.flags {
+            if value.as_deref().is_some_and(|v| v.trim().is_empty()) {
+                return Err(ConfigError {
+                    setting: setting_name(setting.flag),
+                    reason: "is empty; give a value or leave the option out".to_string(),
+                });
+            }
+        }
+        let envs = SETTINGS
+            .iter()
+            .filter_map(|s| s.env)
+            .chain(KAFKA_PROPERTIES.iter().map(|(_, env)| *env))
+            .chain(["KAFKA_SASL_PASSWORD_FILE", "FEED_API_KEY"]);
+        for env in envs {
+            if (self.env)(env).is_some_and(|v| v.trim().is_empty()) {
+                let flag = SETTINGS.iter().find(|s| s.env == Some(env));
+                return Err(ConfigError {
+                    setting: flag.map_or_else(|| env.to_string(), |s| setting_name(s.flag)),
+                    reason: "is set but empty; give a value or unset it to use the default"
+                        .to_string(),
+                });
+            }
+        }
+        Ok(())
+    }
+
     fn has_switch(&self, flag: &str) -> bool {
         self.flags.iter().any(|(s, _)| s.flag == flag)
     }
@@ -449,12 +499,16 @@ pub fn parse(
             _ => positional.push(arg),
         }
     }
+    if subcommand.as_deref() != Some("convert") {
+        raw.refuse_blank()?;
+    }
     match subcommand.as_deref() {
         Some("convert") => convert_config(&raw, positional),
         Some(_) if positional.is_empty() => {
             Err(usage("replay takes one or more FILES or a DIR".to_string()))
         }
         Some(_) => Ok(Command::Replay {
+            process: process_config(&raw, None)?,
             config: Box::new(run_config(&raw)?),
             inputs: positional,
         }),
@@ -463,16 +517,20 @@ pub fn parse(
             positional[0]
         ))),
         None => match raw.get("--config") {
-            Some((setting, path)) => feeds_from_file(&raw, &setting, &path).map(Command::Run),
-            None => run_config(&raw).map(|c| Command::Run(vec![c])),
+            Some((setting, path)) => run_from_file(&raw, &setting, &path).map(Command::Run),
+            None => Ok(Command::Run(RunConfig {
+                process: process_config(&raw, None)?,
+                feeds: vec![run_config(&raw)?],
+            })),
         },
     }
 }
 
-/// `--config FILE`: one `Config` per `[[feed]]`. Each setting comes from the flags, else the
-/// feed's table, else the file's top level, else the environment, else the default — and is
-/// validated exactly like the env-only path.
-fn feeds_from_file(raw: &Raw, setting: &str, path: &str) -> Result<Vec<Config>, ConfigError> {
+/// `--config FILE`: the process settings from the file's top level, and one `Config` per
+/// `[[feed]]`. Each feed setting comes from the flags, else the feed's table, else the file's
+/// top level, else the environment, else the default — and is validated exactly like the
+/// env-only path. A process-wide key inside `[[feed]]` is an error naming it.
+fn run_from_file(raw: &Raw, setting: &str, path: &str) -> Result<RunConfig, ConfigError> {
     let file_error = |reason: String| ConfigError {
         setting: format!("{setting} {path}"),
         reason,
@@ -494,9 +552,30 @@ fn feeds_from_file(raw: &Raw, setting: &str, path: &str) -> Result<Vec<Config>, 
             "unknown setting {key:?} (keys are the environment variable names in lower case)"
         )));
     }
+    for (index, feed) in file.feeds.iter().enumerate() {
+        if let Some((key, _)) = feed.iter().find(|(k, _)| PROCESS_KEYS.contains(&k.as_str())) {
+            return Err(file_error(format!(
+                "{key} in [[feed]] #{} is process-wide: set it once at the top of the file",
+                index + 1
+            )));
+        }
+    }
     if file.feeds.is_empty() {
         return Err(file_error("no [[feed]] table".to_string()));
     }
+    let top_lookup = |name: &str| {
+        match file.defaults.iter().find(|(k, _)| *k == name.to_ascii_lowercase()) {
+            Some((_, v)) => Some(v.clone()),
+            None => (raw.env)(name),
+        }
+    };
+    let top_raw = Raw {
+        flags: raw.flags.clone(),
+        properties: raw.properties.clone(),
+        env: &top_lookup,
+    };
+    top_raw.refuse_blank()?;
+    let process = process_config(&top_raw, Some(path.to_string()))?;
     let mut configs: Vec<Config> = Vec::new();
     for index in 0..file.feeds.len() {
         let lookup = |name: &str| {
@@ -509,10 +588,12 @@ fn feeds_from_file(raw: &Raw, setting: &str, path: &str) -> Result<Vec<Config>, 
             properties: raw.properties.clone(),
             env: &lookup,
         };
-        let mut config = run_config(&feed_raw).map_err(|e| ConfigError {
+        let in_feed = |e: ConfigError| ConfigError {
             setting: format!("{} in [[feed]] #{} of {path}", e.setting, index + 1),
             reason: e.reason,
-        })?;
+        };
+        feed_raw.refuse_blank().map_err(in_feed)?;
+        let mut config = run_config(&feed_raw).map_err(in_feed)?;
         if configs.iter().any(|c| c.source_id == config.source_id) {
             return Err(file_error(format!(
                 "two feeds share source_id {:?}; each feed needs its own",
@@ -530,7 +611,10 @@ fn feeds_from_file(raw: &Raw, setting: &str, path: &str) -> Result<Vec<Config>, 
         });
         configs.push(config);
     }
-    Ok(configs)
+    Ok(RunConfig {
+        process,
+        feeds: configs,
+    })
 }
 
 fn usage(reason: String) -> ConfigError {
@@ -575,6 +659,20 @@ fn convert_config(raw: &Raw, positional: Vec<String>) -> Result<Command, ConfigE
         source_id: raw.string("--source-id", Defaults::SOURCE_ID),
         event_type: raw.string("--event-type", Defaults::EVENT_TYPE),
     }))
+}
+
+fn process_config(raw: &Raw, config_file: Option<String>) -> Result<ProcessConfig, ConfigError> {
+    Ok(ProcessConfig {
+        log_level: raw.typed("--log-level", log::LevelFilter::Info, parse_level)?,
+        shutdown_timeout: raw.typed(
+            "--shutdown-timeout",
+            Defaults::SHUTDOWN_TIMEOUT,
+            parse_secs,
+        )?,
+        metrics_addr: raw.get("--metrics-addr").map(|(_, v)| v),
+        once: raw.has_switch("--once"),
+        config_file: config_file.map(Into::into),
+    })
 }
 
 fn run_config(raw: &Raw) -> Result<Config, ConfigError> {
@@ -677,24 +775,16 @@ fn run_config(raw: &Raw) -> Result<Config, ConfigError> {
                 _ => Err(format!("{v:?} is not one of off, body, timestamp")),
             }
         })?,
-        once: raw.has_switch("--once"),
         delivery_timeout: raw.typed(
             "--delivery-timeout",
             Defaults::DELIVERY_TIMEOUT,
             parse_secs,
         )?,
-        shutdown_timeout: raw.typed(
-            "--shutdown-timeout",
-            Defaults::SHUTDOWN_TIMEOUT,
-            parse_secs,
-        )?,
-        log_level: raw.typed("--log-level", log::LevelFilter::Info, parse_level)?,
         queue_max_bytes: raw
             .typed("--queue-max-bytes", Defaults::QUEUE_MAX_BYTES, parse_bytes)?
             .try_into()
             .unwrap_or(usize::MAX),
         spool_dir: spool_dir(raw),
-        metrics_addr: raw.get("--metrics-addr").map(|(_, v)| v),
         metrics_textfile: raw.get("--metrics-textfile").map(|(_, v)| v.into()),
     })
 }
@@ -1264,13 +1354,17 @@ mod tests {
     use super::*;
 
     fn run_with(args: &[&str], env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        run_all_with(args, env).map(|mut r| r.feeds.remove(0))
+    }
+
+    fn run_all_with(args: &[&str], env: &[(&str, &str)]) -> Result<RunConfig, ConfigError> {
         let env: Vec<(String, String)> = env
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         let lookup = move |k: &str| env.iter().find(|(ek, _)| ek == k).map(|(_, v)| v.clone());
         match parse(args.iter().map(|a| a.to_string()), &lookup)? {
-            Command::Run(mut c) => Ok(c.remove(0)),
+            Command::Run(c) => Ok(c),
             other => panic!("expected Run, got {other:?}"),
         }
     }
@@ -1286,7 +1380,6 @@ mod tests {
         assert_eq!(c.event_type, "gtfs_realtime_vehicle");
         assert_eq!(c.kafka.acks, AcksSetting::All);
         assert_eq!(c.sink, SinkKind::Kafka);
-        assert!(!c.once);
     }
 
     #[test]
@@ -1383,11 +1476,25 @@ mod tests {
 
     #[test]
     fn log_levels_accept_env_logger_filters() {
-        let c = run_with(&[], &[("RUST_LOG", "info,ureq=warn")]).unwrap();
-        assert_eq!(c.log_level, log::LevelFilter::Info);
-        let c = run_with(&["--log-level", "debug"], &[("RUST_LOG", "warn")]).unwrap();
-        assert_eq!(c.log_level, log::LevelFilter::Debug);
+        let c = run_all_with(&[], &[("RUST_LOG", "info,ureq=warn")]).unwrap();
+        assert_eq!(c.process.log_level, log::LevelFilter::Info);
+        let c = run_all_with(&["--log-level", "debug"], &[("RUST_LOG", "warn")]).unwrap();
+        assert_eq!(c.process.log_level, log::LevelFilter::Debug);
         assert!(run_with(&["--log-level", "loud"], &[]).is_err());
+    }
+
+    #[test]
+    fn empty_values_are_errors_naming_the_setting() {
+        let check = |args: &[&str], env: &[(&str, &str)], setting: &str| {
+            let e = run_with(args, env).unwrap_err();
+            assert_eq!(e.setting, setting, "{e}");
+            assert!(e.reason.contains("empty"), "{e}");
+        };
+        check(&[], &[("KAFKA_TOPIC", "")], "KAFKA_TOPIC / --kafka-topic");
+        check(&[], &[("KAFKA_BROKER", " ")], "KAFKA_BROKER / --kafka-broker");
+        check(&[], &[("VEHICLE_URL", "")], "VEHICLE_URL / --vehicle-url");
+        check(&["--kafka-topic="], &[], "KAFKA_TOPIC / --kafka-topic");
+        check(&[], &[("KAFKA_SASL_PASSWORD", "")], "KAFKA_SASL_PASSWORD");
     }
 
     #[test]

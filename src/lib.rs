@@ -1,19 +1,28 @@
-//! gtfs-rt-kafka: poll a GTFS-Realtime feed, convert it to canonical protobuf JSON, produce it to Kafka.
+//! gtfs-rt-kafka: poll GTFS-Realtime feeds, convert them to canonical protobuf JSON, produce
+//! them to Kafka.
 //!
-//! Modules follow the data flow of one poll: `fetch` → `decode` → `json` → `kafka`,
-//! driven by `app`'s single-threaded loop with settings from `config`.
-#![forbid(unsafe_code)]
+//! Modules follow the data flow: `supervisor` → `feed_loop` → `pipeline` (`fetch` → `decode`
+//! → `json`) → `outbox` (`queue`, `spool`) → `sink` → `kafka`, with settings from `config`.
+//! `unsafe` is denied everywhere; `limits` allows it for two libc calls.
+#![deny(unsafe_code)]
 
-pub mod app;
 pub mod config;
 pub mod config_file;
+pub mod control;
 pub mod decode;
+pub mod feed_loop;
 pub mod fetch;
 pub mod json;
 pub mod kafka;
+pub mod limits;
 pub mod metrics;
 pub mod notify;
+pub mod outbox;
+pub mod pipeline;
 pub mod queue;
+pub mod schedule;
 pub mod signals;
 pub mod sink;
 pub mod spool;
+pub mod stats;
+pub mod supervisor;

@@ -8,13 +8,13 @@ use std::io::{Read, Write};
 use std::process::ExitCode;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use gtfs_rt_kafka::app::{self, Pipeline, Runner, StartError};
-use gtfs_rt_kafka::config::{self, Command, Config, ConvertConfig, SinkKind};
+use gtfs_rt_kafka::config::{self, Command, Config, ConvertConfig, ProcessConfig, RunConfig, SinkKind};
+use gtfs_rt_kafka::feed_loop::FeedLoop;
 use gtfs_rt_kafka::json::{transcode_feed, Envelope};
-use gtfs_rt_kafka::metrics::MetricsServer;
 use gtfs_rt_kafka::notify::Notifier;
 use gtfs_rt_kafka::signals::Signals;
 use gtfs_rt_kafka::sink::{KafkaSink, Sink, StdoutSink};
+use gtfs_rt_kafka::supervisor::{self, sink_target, Reload};
 
 const EXIT_FAILED: u8 = 1;
 const EXIT_CONFIG: u8 = 2;
@@ -31,8 +31,12 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Ok(Command::Convert(c)) => convert(&c),
-        Ok(Command::Run(c)) => run(&c),
-        Ok(Command::Replay { config, inputs }) => replay(&config, &inputs),
+        Ok(Command::Run(c)) => run(c),
+        Ok(Command::Replay {
+            process,
+            config,
+            inputs,
+        }) => replay(&process, &config, &inputs),
         Err(e) => {
             eprintln!("gtfs-rt-kafka: {e}");
             ExitCode::from(EXIT_CONFIG)
@@ -40,12 +44,10 @@ fn main() -> ExitCode {
     }
 }
 
-/// The daemon: one feed from env/flags, or several from `--config`, in one loop.
-fn run(configs: &[Config]) -> ExitCode {
-    let Some(first) = configs.first() else {
-        return ExitCode::from(EXIT_CONFIG);
-    };
-    init_logging(first.log_level);
+/// The daemon: a supervisor and one loop per feed (one from env/flags, or several from
+/// `--config`).
+fn run(run: RunConfig) -> ExitCode {
+    init_logging(run.process.log_level);
     let mut signals = match Signals::install() {
         Ok(s) => s,
         Err(e) => {
@@ -53,74 +55,36 @@ fn run(configs: &[Config]) -> ExitCode {
             return ExitCode::from(EXIT_FAILED);
         }
     };
-    let metrics = match first.metrics_addr.as_deref().map(bind_metrics).transpose() {
-        Ok(m) => m,
-        Err(e) => {
-            log::error!("{e}");
-            return ExitCode::from(EXIT_CONFIG);
-        }
-    };
-    let mut sinks: Vec<Box<dyn Sink>> = configs.iter().map(open_sink).collect();
-    let mut runners = Vec::with_capacity(configs.len());
-    for (config, sink) in configs.iter().zip(sinks.iter_mut()) {
-        log::info!(
-            "starting: {} every {:.1}s -> {}",
-            pipeline_source(config),
-            config.poll_interval.as_secs_f64(),
-            sink_target(config)
-        );
-        match Runner::new(config, Pipeline::new(config), sink.as_mut()) {
-            Ok(r) => runners.push(r),
-            Err(e) => {
-                log::error!("{e}");
-                return ExitCode::from(EXIT_CONFIG);
+    let once = run.process.once;
+    // SIGHUP parses the same command line and environment again, file included.
+    let reload: Option<Reload> = run.process.config_file.is_some().then(|| {
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        Box::new(move || {
+            let env = |name: &str| std::env::var(name).ok();
+            match config::parse(args.clone(), &env)? {
+                Command::Run(run) => Ok(run),
+                _ => Err(config::ConfigError {
+                    setting: "--config".to_string(),
+                    reason: "the command line no longer describes a run".to_string(),
+                }),
             }
-        }
-    }
+        }) as Reload
+    });
     let env = |name: &str| std::env::var(name).ok();
     let notifier = Notifier::from_env(&env);
-    let outcomes = app::run_all(runners, metrics.as_ref(), &mut signals, &notifier);
-    let mut all_ok = true;
-    for (config, outcome) in configs.iter().zip(&outcomes) {
-        let tag = if configs.len() > 1 {
-            format!("[{}] ", config.source_id)
-        } else {
-            String::new()
-        };
-        log::info!("{tag}stopped: {}", outcome.stats);
-        all_ok &= outcome.last_ok;
-    }
-    if first.once && !all_ok {
-        return ExitCode::from(EXIT_FAILED);
-    }
-    ExitCode::SUCCESS
-}
-
-fn bind_metrics(addr: &str) -> Result<MetricsServer, StartError> {
-    let server = MetricsServer::bind(addr).map_err(|cause| StartError::Metrics {
-        addr: addr.to_string(),
-        cause,
-    })?;
-    log::info!("metrics on http://{addr}/metrics and /health");
-    Ok(server)
-}
-
-fn open_sink(config: &Config) -> Box<dyn Sink> {
-    match config.sink {
-        SinkKind::Kafka => {
-            let mut kafka = KafkaSink::new(&config.kafka);
-            if let Some(topic) = &config.kafka.create_topic {
-                kafka.ensure_topic(topic, Instant::now() + config.delivery_timeout);
-            }
-            Box::new(kafka)
+    match supervisor::run(run, &mut signals, &notifier, reload) {
+        Ok(outcome) if once && !outcome.all_ok => ExitCode::from(EXIT_FAILED),
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => {
+            log::error!("{e}");
+            ExitCode::from(EXIT_CONFIG)
         }
-        SinkKind::Stdout => Box::new(StdoutSink::new(std::io::stdout())),
     }
 }
 
 /// `replay FILES…|DIR`: same document rules and sink as a run; no spool, metrics or skipping.
-fn replay(config: &Config, inputs: &[String]) -> ExitCode {
-    init_logging(config.log_level);
+fn replay(process: &ProcessConfig, config: &Config, inputs: &[String]) -> ExitCode {
+    init_logging(process.log_level);
     let files = match replay_files(inputs) {
         Ok(f) => f,
         Err(e) => {
@@ -128,7 +92,7 @@ fn replay(config: &Config, inputs: &[String]) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    let mut signals = match Signals::install() {
+    let signals = match Signals::install() {
         Ok(s) => s,
         Err(e) => {
             log::error!("cannot install signal handlers: {e}");
@@ -137,28 +101,27 @@ fn replay(config: &Config, inputs: &[String]) -> ExitCode {
     };
     let config = Config {
         spool_dir: None,
-        metrics_addr: None,
         metrics_textfile: None,
         skip_unchanged: gtfs_rt_kafka::config::SkipUnchanged::Off,
         ..config.clone()
     };
-    let mut sink: Box<dyn Sink> = match config.sink {
+    let sink: Box<dyn Sink + Send> = match config.sink {
         SinkKind::Kafka => Box::new(KafkaSink::new(&config.kafka)),
-        SinkKind::Stdout => Box::new(StdoutSink::new(std::io::stdout().lock())),
+        SinkKind::Stdout => Box::new(StdoutSink::new(std::io::stdout())),
     };
     log::info!(
         "replaying {} files -> {}",
         files.len(),
         sink_target(&config)
     );
-    let runner = match Runner::new(&config, Pipeline::new(&config), sink.as_mut()) {
+    let runner = match FeedLoop::new(config, sink, String::new(), true, Instant::now()) {
         Ok(r) => r,
         Err(e) => {
             log::error!("{e}");
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    let outcome = runner.replay(&files, &mut signals);
+    let outcome = runner.replay(&files, &|| signals.stop_requested());
     log::info!("replay done: {}", outcome.stats);
     if outcome.last_ok {
         ExitCode::SUCCESS
@@ -190,28 +153,6 @@ fn replay_files(inputs: &[String]) -> std::io::Result<Vec<std::path::PathBuf>> {
         }
     }
     Ok(files)
-}
-
-fn pipeline_source(config: &Config) -> String {
-    gtfs_rt_kafka::fetch::describe_source(&config.fetch)
-}
-
-fn sink_target(config: &Config) -> String {
-    match config.sink {
-        SinkKind::Stdout => "stdout".to_string(),
-        SinkKind::Kafka => format!(
-            "kafka {} topic {} (acks {:?}, compression {:?}, {}{})",
-            config.kafka.bootstrap.join(","),
-            config.kafka.topic,
-            config.kafka.acks,
-            config.kafka.compression,
-            config.kafka.security_protocol.name(),
-            match &config.kafka.sasl {
-                Some(sasl) => format!(" {} user {}", sasl.mechanism.name(), sasl.username),
-                None => String::new(),
-            }
-        ),
-    }
 }
 
 /// Logs go to stderr so `--sink stdout` and `convert` keep stdout for documents only.

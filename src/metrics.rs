@@ -1,6 +1,9 @@
-//! Prometheus text exposition of the run's counters, served from an optional listener that
-//! the loop services between polls (no thread, no runtime) and/or written to a textfile for
-//! node_exporter's textfile collector.
+//! Prometheus text exposition of every feed's status, served by a few listener threads of
+//! its own (no runtime) and/or written to a textfile for node_exporter's textfile collector.
+//!
+//! The listener only ever reads the feeds' published status (a copy under a short lock), so
+//! no client — idle, slow, huge or many — can delay a poll, a send or shutdown. Its threads,
+//! connections in service and buffers are fixed in number and size.
 //!
 //! Only numbers and the feed's `source_id` label leave this module: never a URL or a secret.
 
@@ -8,36 +11,11 @@ use std::fmt::Write as _;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use crate::app::Stats;
+use crate::stats::{now_unix, Board, FeedStatus};
 
-/// A point-in-time view of the loop, rendered on demand.
-#[derive(Debug, Clone, Default)]
-pub struct View {
-    pub stats: Stats,
-    pub queue_snapshots: usize,
-    pub queue_bytes: usize,
-    /// Unix seconds of the last acknowledged delivery, if any.
-    pub last_delivery_unix: Option<f64>,
-    /// Duration of the last successful send (poll → ack).
-    pub last_send_seconds: Option<f64>,
-    pub started_unix: f64,
-    pub poll_interval: Duration,
-}
-
-impl View {
-    /// Seconds since the last delivery (or since start, before the first one).
-    pub fn delivery_age(&self, now_unix: f64) -> f64 {
-        (now_unix - self.last_delivery_unix.unwrap_or(self.started_unix)).max(0.0)
-    }
-
-    /// Healthy while something was delivered within three poll intervals (a minute at least).
-    pub fn healthy(&self, now_unix: f64) -> bool {
-        let limit = (self.poll_interval.as_secs_f64() * 3.0).max(60.0);
-        self.delivery_age(now_unix) <= limit
-    }
-}
+type View = FeedStatus;
 
 /// The text exposition format (version 0.0.4), one sample per feed for every metric (all
 /// samples of a metric stay together under one HELP/TYPE, as the format requires).
@@ -151,26 +129,23 @@ fn escape_label(v: &str) -> String {
         .replace('\n', "\\n")
 }
 
-pub fn now_unix() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
-}
-
-/// The `--metrics-addr` listener: non-blocking, serviced by the loop between polls.
+/// The `--metrics-addr` listener.
 pub struct MetricsServer {
     listener: TcpListener,
 }
 
-/// How long one scrape may take to send its request; a slow client can't stall the loop.
-const REQUEST_TIMEOUT: Duration = Duration::from_millis(200);
-/// How often the loop wakes to look for scrapes while a listener is configured.
-pub const SERVICE_INTERVAL: Duration = Duration::from_millis(100);
+/// Threads answering scrapes; each serves one connection at a time.
+const WORKERS: usize = 4;
+/// How long a client may take to send its request head; then it is dropped.
+const REQUEST_TIMEOUT: Duration = Duration::from_millis(500);
+/// How long writing the answer may take.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
+/// The most bytes of a request read; the rest is never looked at.
+const MAX_REQUEST_HEAD: usize = 8 * 1024;
 
 impl MetricsServer {
     pub fn bind(addr: &str) -> std::io::Result<MetricsServer> {
         let listener = TcpListener::bind(addr)?;
-        listener.set_nonblocking(true)?;
         Ok(MetricsServer { listener })
     }
 
@@ -178,41 +153,74 @@ impl MetricsServer {
         self.listener.local_addr().ok()
     }
 
-    /// Answers every connection waiting right now: `/metrics` (or `/`) and `/health`.
-    pub fn serve_pending(&self, feeds: &[(String, View)]) {
-        while let Ok((stream, _)) = self.listener.accept() {
-            if let Err(e) = answer(stream, feeds) {
-                log::debug!("metrics: scrape failed: {e}");
+    /// Starts the listener threads; they answer from `board` until the process ends.
+    pub fn spawn(self, board: Board) -> std::io::Result<()> {
+        for n in 0..WORKERS {
+            let listener = self.listener.try_clone()?;
+            let board = board.clone();
+            std::thread::Builder::new()
+                .name(format!("metrics-{n}"))
+                .stack_size(64 * 1024)
+                .spawn(move || serve(&listener, &board))?;
+        }
+        Ok(())
+    }
+}
+
+fn serve(listener: &TcpListener, board: &Board) {
+    loop {
+        match listener.accept() {
+            Ok((stream, _)) => {
+                if let Err(e) = answer(stream, board) {
+                    log::debug!("metrics: scrape failed: {e}");
+                }
+            }
+            // Out of fds or a connection reset before accept: back off a little, go on.
+            Err(e) => {
+                log::debug!("metrics: accept failed: {e}");
+                std::thread::sleep(Duration::from_millis(50));
             }
         }
     }
 }
 
-/// `/health` is healthy when every feed is.
-fn answer(mut stream: TcpStream, feeds: &[(String, View)]) -> std::io::Result<()> {
-    stream.set_nonblocking(false)?;
-    stream.set_read_timeout(Some(REQUEST_TIMEOUT))?;
-    stream.set_write_timeout(Some(REQUEST_TIMEOUT))?;
-    let mut request = [0u8; 1024];
-    let n = stream.read(&mut request)?;
-    let head = String::from_utf8_lossy(&request[..n]);
-    let path = head.split_whitespace().nth(1).unwrap_or("/");
+/// Reads the request head (bounded in time and bytes) and returns its path.
+fn read_path(stream: &mut TcpStream) -> std::io::Result<String> {
+    let deadline = Instant::now() + REQUEST_TIMEOUT;
+    let mut head = [0u8; MAX_REQUEST_HEAD];
+    let mut len = 0;
+    while len < head.len() && !head[..len].windows(4).any(|w| w == b"\r\n\r\n") {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(std::io::ErrorKind::TimedOut.into());
+        }
+        stream.set_read_timeout(Some(left))?;
+        match stream.read(&mut head[len..])? {
+            0 => break,
+            n => len += n,
+        }
+    }
+    let text = String::from_utf8_lossy(&head[..len]);
+    Ok(text.split_whitespace().nth(1).unwrap_or("/").to_string())
+}
+
+/// `/metrics` (or `/`) and `/health`; `/health` is healthy when every feed is.
+fn answer(mut stream: TcpStream, board: &Board) -> std::io::Result<()> {
+    let path = read_path(&mut stream)?;
+    stream.set_write_timeout(Some(WRITE_TIMEOUT))?;
+    let feeds = board.snapshot();
     let now = now_unix();
-    let health: String = feeds
-        .iter()
-        .map(|(feed, v)| {
-            let state = if v.healthy(now) { "ok" } else { "stale" };
-            format!(
-                "{feed}: {state}, last delivery {:.0}s ago\n",
-                v.delivery_age(now)
-            )
-        })
-        .collect();
-    let all_healthy = feeds.iter().all(|(_, v)| v.healthy(now));
-    let (status, body) = match path {
-        "/metrics" | "/" => ("200 OK", render(feeds, now)),
-        "/health" if all_healthy => ("200 OK", health),
-        "/health" => ("503 Service Unavailable", health),
+    let (status, body) = match path.as_str() {
+        "/metrics" | "/" => ("200 OK", render(&feeds, now)),
+        "/health" => {
+            let (healthy, text) = health(&feeds, now);
+            let status = if healthy {
+                "200 OK"
+            } else {
+                "503 Service Unavailable"
+            };
+            (status, text)
+        }
         _ => ("404 Not Found", "not found\n".to_string()),
     };
     write!(
@@ -221,6 +229,22 @@ fn answer(mut stream: TcpStream, feeds: &[(String, View)]) -> std::io::Result<()
          Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     )
+}
+
+/// One line per feed, and whether every feed is healthy.
+pub fn health(feeds: &[(String, View)], now: f64) -> (bool, String) {
+    let text = feeds
+        .iter()
+        .map(|(feed, v)| {
+            let state = if v.healthy(now) { "ok" } else { "stale" };
+            format!(
+                "{}: {state}, last delivery {:.0}s ago\n",
+                escape_label(feed),
+                v.delivery_age(now)
+            )
+        })
+        .collect();
+    (feeds.iter().all(|(_, v)| v.healthy(now)), text)
 }
 
 /// Writes the exposition to `path` atomically (temp file + rename), as node_exporter's
@@ -235,22 +259,22 @@ pub fn write_textfile(path: &Path, feeds: &[(String, View)]) -> std::io::Result<
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::stats::{Stats, StatusCell};
 
     fn sample() -> View {
-        View {
-            stats: Stats {
-                polls: 7,
-                delivered: 5,
-                fetch_errors: 2,
-                ..Stats::default()
-            },
-            queue_snapshots: 1,
-            queue_bytes: 2048,
-            last_delivery_unix: Some(1000.0),
-            last_send_seconds: Some(0.012),
-            started_unix: 900.0,
-            poll_interval: Duration::from_secs(60),
-        }
+        let mut v = FeedStatus::new(Duration::from_secs(60), Duration::from_secs(40));
+        v.stats = Stats {
+            polls: 7,
+            delivered: 5,
+            fetch_errors: 2,
+            ..Stats::default()
+        };
+        v.queue_snapshots = 1;
+        v.queue_bytes = 2048;
+        v.last_delivery_unix = Some(1000.0);
+        v.last_send_seconds = Some(0.012);
+        v.started_unix = 900.0;
+        v
     }
 
     #[test]
@@ -270,46 +294,49 @@ mod tests {
         }
     }
 
-    #[test]
-    fn health_follows_the_age_of_the_last_delivery() {
-        let m = sample();
-        assert!(m.healthy(1000.0 + 179.0));
-        assert!(!m.healthy(1000.0 + 181.0));
-        let fresh = View {
-            last_delivery_unix: None,
-            ..sample()
-        };
-        assert!(fresh.healthy(900.0 + 10.0), "grace after start");
+    fn get(addr: std::net::SocketAddr, path: &str) -> String {
+        let mut s = TcpStream::connect(addr).unwrap();
+        write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
     }
 
     #[test]
-    fn listener_answers_metrics_and_health() {
+    fn listener_answers_metrics_and_health_from_the_board() {
         let server = MetricsServer::bind("127.0.0.1:0").unwrap();
         let addr = server.local_addr().unwrap();
-        let get = |path: &'static str| {
-            std::thread::spawn(move || {
-                let mut s = TcpStream::connect(addr).unwrap();
-                write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-                let mut out = String::new();
-                s.read_to_string(&mut out).unwrap();
-                out
-            })
-        };
-        let metrics = get("/metrics");
-        let health = get("/health");
-        let m = View {
-            last_delivery_unix: Some(now_unix()),
-            ..sample()
-        };
-        let start = std::time::Instant::now();
-        while !metrics.is_finished() || !health.is_finished() {
-            server.serve_pending(&[("f".to_string(), m.clone())]);
-            std::thread::sleep(Duration::from_millis(10));
-            assert!(start.elapsed() < Duration::from_secs(5));
-        }
-        let metrics = metrics.join().unwrap();
+        let board = Board::default();
+        let mut fresh = sample();
+        fresh.last_delivery_unix = Some(now_unix());
+        board.set(vec![("f".to_string(), StatusCell::new(fresh))]);
+        server.spawn(board.clone()).unwrap();
+        let metrics = get(addr, "/metrics");
         assert!(metrics.starts_with("HTTP/1.1 200 OK"), "{metrics}");
         assert!(metrics.contains("gtfs_rt_kafka_delivered_total{feed=\"f\"} 5"));
-        assert!(health.join().unwrap().contains("f: ok, last delivery"));
+        assert!(get(addr, "/health").contains("f: ok, last delivery"));
+        // A second, stale feed makes /health fail, naming it.
+        board.set(vec![
+            ("f".to_string(), StatusCell::new(sample())),
+            ("g".to_string(), StatusCell::new(sample())),
+        ]);
+        let health = get(addr, "/health");
+        assert!(health.starts_with("HTTP/1.1 503"), "{health}");
+        assert!(health.contains("g: stale"), "{health}");
+    }
+
+    #[test]
+    fn idle_clients_are_dropped_and_others_still_answered() {
+        let server = MetricsServer::bind("127.0.0.1:0").unwrap();
+        let addr = server.local_addr().unwrap();
+        server.spawn(Board::default()).unwrap();
+        // More idle connections than workers: each is dropped after REQUEST_TIMEOUT.
+        let idle: Vec<TcpStream> = (0..WORKERS * 2)
+            .map(|_| TcpStream::connect(addr).unwrap())
+            .collect();
+        let t0 = Instant::now();
+        assert!(get(addr, "/metrics").starts_with("HTTP/1.1 200"));
+        assert!(t0.elapsed() < REQUEST_TIMEOUT * 3 + Duration::from_secs(1));
+        drop(idle);
     }
 }

@@ -86,11 +86,16 @@ pub type Delivered = (Vec<Option<Landed>>, Option<SinkError>);
 pub trait Sink {
     /// Delivers records in order, retrying as the sink sees fit until `deadline`.
     fn deliver(&mut self, records: &[OutRecord<'_>], deadline: Instant) -> Delivered;
+
+    /// Runs once in the feed's own loop before its first poll (topic creation).
+    fn prepare(&mut self, _deadline: Instant) {}
 }
 
 pub struct KafkaSink {
     producer: Producer,
     topic: String,
+    /// `CREATE_TOPIC`: created (when missing) by `prepare`, in the feed's own loop.
+    create_topic: Option<NewTopic>,
 }
 
 impl KafkaSink {
@@ -119,6 +124,7 @@ impl KafkaSink {
         KafkaSink {
             producer: Producer::new(config),
             topic: settings.topic.clone(),
+            create_topic: settings.create_topic.clone(),
         }
     }
 }
@@ -161,6 +167,12 @@ fn describe_default(n: i64) -> String {
 }
 
 impl Sink for KafkaSink {
+    fn prepare(&mut self, deadline: Instant) {
+        if let Some(topic) = self.create_topic.take() {
+            self.ensure_topic(&topic, deadline);
+        }
+    }
+
     fn deliver(&mut self, records: &[OutRecord<'_>], deadline: Instant) -> Delivered {
         let records: Vec<Record<'_>> = records
             .iter()
@@ -201,11 +213,13 @@ impl<W: Write> StdoutSink<W> {
 impl<W: Write> Sink for StdoutSink<W> {
     fn deliver(&mut self, records: &[OutRecord<'_>], _: Instant) -> Delivered {
         let mut landed = Vec::with_capacity(records.len());
+        let mut line = Vec::new();
         for r in records {
-            let written = self
-                .out
-                .write_all(r.value)
-                .and_then(|_| self.out.write_all(b"\n"));
+            // One write per document, so feeds sharing stdout never interleave their lines.
+            line.clear();
+            line.extend_from_slice(r.value);
+            line.push(b'\n');
+            let written = self.out.write_all(&line);
             if let Err(e) = written {
                 landed.resize(records.len(), None);
                 return (landed, Some(SinkError::Stdout(e)));

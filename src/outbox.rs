@@ -1,0 +1,622 @@
+//! A feed's unsent snapshots and their way to the sink: the byte-bounded queue, the optional
+//! spool, send attempts, exact resends, set-asides and drops — all counted.
+//!
+//! Owned by one feed loop; no schedule and no clock of its own beyond the deadlines and
+//! retry times it is given and returns.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use crate::queue::{Queue, RecordSpan, Snapshot};
+use crate::schedule::{jitter_noise, retry_delay};
+use crate::sink::{Landed, OutRecord, Sink, SinkError};
+use crate::spool::{Spool, SpoolError};
+use crate::stats::{now_unix, Stats};
+
+/// The most document bytes sent in one produce request when catching up. Kept under the
+/// brokers' default 1 MB `message.max.bytes`, which applies to a whole batch.
+const MAX_SEND_BYTES: usize = 512 * 1024;
+
+/// What one successful send attempt delivered.
+pub struct Sent {
+    pub records: usize,
+    pub last: Option<Landed>,
+}
+
+pub struct Outbox {
+    sink: Box<dyn Sink + Send>,
+    queue: Queue,
+    queue_max_bytes: usize,
+    spool: Option<Spool>,
+    next_seq: u64,
+    failures: u32,
+    retry_at: Option<Instant>,
+    /// How many records the failed attempt carried: the retry resends exactly those, so the
+    /// idempotent producer's sequence numbers match and the broker drops a duplicate.
+    retry_batch: Option<usize>,
+    last_delivery_unix: Option<f64>,
+    /// "[source_id] " in front of log lines when several feeds share the process.
+    tag: String,
+}
+
+impl Outbox {
+    /// Opens the spool (if configured) and queues what a previous run left in it.
+    pub fn open(
+        sink: Box<dyn Sink + Send>,
+        spool_dir: Option<&Path>,
+        queue_max_bytes: usize,
+        tag: String,
+        stats: &mut Stats,
+    ) -> Result<Outbox, SpoolError> {
+        let mut outbox = Outbox {
+            sink,
+            queue: Queue::new(queue_max_bytes),
+            queue_max_bytes,
+            spool: None,
+            next_seq: 1,
+            failures: 0,
+            retry_at: None,
+            retry_batch: None,
+            last_delivery_unix: None,
+            tag,
+        };
+        if let Some(dir) = spool_dir {
+            let (spool, recovered) = Spool::open(dir)?;
+            outbox.next_seq = recovered.next_seq;
+            if !recovered.snapshots.is_empty() || recovered.corrupt > 0 {
+                log::info!(
+                    "{}spool {}: {} snapshots from a previous run are sent first ({} corrupt skipped)",
+                    outbox.tag,
+                    dir.display(),
+                    recovered.snapshots.len(),
+                    recovered.corrupt
+                );
+            }
+            outbox.spool = Some(spool);
+            for snapshot in recovered.snapshots {
+                outbox.enqueue(snapshot, stats);
+            }
+        }
+        Ok(outbox)
+    }
+
+    /// Queues (and spools) a new snapshot; returns its sequence number.
+    pub fn push(
+        &mut self,
+        payload: Vec<u8>,
+        records: Vec<RecordSpan>,
+        timestamp_ms: i64,
+        stats: &mut Stats,
+    ) -> u64 {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.enqueue(Snapshot::new(seq, payload, records, timestamp_ms), stats);
+        seq
+    }
+
+    /// Takes over snapshots another loop of the same feed left unsent (a reload), renumbered
+    /// after this outbox's own.
+    pub fn adopt(&mut self, snapshots: Vec<Snapshot>, stats: &mut Stats) {
+        for mut s in snapshots {
+            s.seq = self.next_seq;
+            self.next_seq += 1;
+            s.spooled = false;
+            self.enqueue(s, stats);
+        }
+    }
+
+    /// What is still queued and has no copy in this outbox's spool (for a hand-over).
+    pub fn into_unspooled(mut self) -> Vec<Snapshot> {
+        let mut out = Vec::new();
+        while let Some(s) = self.queue.pop_front() {
+            if !s.spooled {
+                out.push(s);
+            }
+        }
+        out
+    }
+
+    /// Whatever the sink needs before the first send (`CREATE_TOPIC`), within `deadline`.
+    pub fn prepare(&mut self, deadline: Instant) {
+        self.sink.prepare(deadline);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.queue.len()
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.queue.bytes()
+    }
+
+    /// Queued snapshots with no spool file.
+    pub fn unspooled(&self) -> usize {
+        (0..self.queue.len())
+            .filter_map(|i| self.queue.get(i))
+            .filter(|s| !s.spooled)
+            .count()
+    }
+
+    pub fn last_delivery_unix(&self) -> Option<f64> {
+        self.last_delivery_unix
+    }
+
+    /// When the queue may be sent next: now, after a failed attempt's backoff, or never
+    /// (empty).
+    pub fn send_at(&self, now: Instant) -> Option<Instant> {
+        (!self.queue.is_empty()).then(|| self.retry_at.unwrap_or(now))
+    }
+
+    /// Sends queued snapshots oldest-first until the queue is empty, an attempt fails, or
+    /// the deadline comes.
+    pub fn send_backlog(&mut self, deadline: Instant, stats: &mut Stats) {
+        while !self.queue.is_empty() && Instant::now() < deadline {
+            match self.send_batch(deadline, stats) {
+                Ok(sent) => {
+                    if let Some(last) = sent.last {
+                        log::info!(
+                            "{}delivered {} queued records (last {last}); {} snapshots still queued",
+                            self.tag,
+                            sent.records,
+                            self.queue.len()
+                        );
+                    }
+                }
+                Err(e) => {
+                    log::warn!(
+                        "{}deliver failed ({} queued): {e}",
+                        self.tag,
+                        self.queue.len()
+                    );
+                    return;
+                }
+            }
+        }
+    }
+
+    /// One send attempt of the queue's next records. What landed is acknowledged (finished
+    /// snapshots leave the queue and the spool); on failure the same undelivered records
+    /// are retried later, and a record the broker can never accept is set aside.
+    pub fn send_batch(&mut self, deadline: Instant, stats: &mut Stats) -> Result<Sent, SinkError> {
+        let max_records = self.retry_batch.unwrap_or(usize::MAX);
+        let batch = self.queue.next_batch(MAX_SEND_BYTES, max_records);
+        let records: Vec<OutRecord<'_>> = batch
+            .iter()
+            .filter_map(|&(si, ri)| {
+                let snapshot = self.queue.get(si)?;
+                let (key, value) = snapshot.record(ri);
+                Some(OutRecord {
+                    key,
+                    value,
+                    timestamp_ms: snapshot.timestamp_ms,
+                })
+            })
+            .collect();
+        let (landed, error) = self.sink.deliver(&records, deadline);
+        drop(records);
+        let acked: Vec<(usize, u32)> = batch
+            .iter()
+            .zip(&landed)
+            .filter_map(|(b, l)| l.as_ref().map(|_| *b))
+            .collect();
+        let sent = Sent {
+            records: acked.len(),
+            last: landed.iter().rev().flatten().next().cloned(),
+        };
+        for s in self.queue.acknowledge(&acked) {
+            stats.delivered += 1;
+            self.unspool(&s);
+        }
+        if !acked.is_empty() {
+            self.last_delivery_unix = Some(now_unix());
+        }
+        let Some(e) = error else {
+            self.failures = 0;
+            self.retry_at = None;
+            self.retry_batch = None;
+            return Ok(sent);
+        };
+        let unacked = batch.len() - acked.len();
+        if e.rejects_data() && unacked == 1 {
+            let refused = batch
+                .iter()
+                .zip(&landed)
+                .find_map(|(b, l)| l.is_none().then_some(*b));
+            self.set_aside(refused, &e, stats);
+            self.retry_batch = None;
+            return Err(e);
+        }
+        stats.delivery_errors += 1;
+        self.failures += 1;
+        // A batch refused for size is retried one record at a time at once; otherwise the
+        // same undelivered records are resent after a backoff.
+        let delay = if e.rejects_data() {
+            self.retry_batch = Some(1);
+            Duration::ZERO
+        } else {
+            self.retry_batch = Some(unacked.max(1));
+            retry_delay(self.failures, jitter_noise())
+        };
+        self.retry_at = Some(Instant::now() + delay);
+        Err(e)
+    }
+
+    /// Takes a record the broker refused for what it is out of the queue: a whole feed-mode
+    /// snapshot (kept in the spool's rejected/), or one entity of an entity-mode snapshot.
+    fn set_aside(&mut self, refused: Option<(usize, u32)>, e: &SinkError, stats: &mut Stats) {
+        let Some((si, ri)) = refused else { return };
+        let single = self.queue.get(si).is_some_and(|s| s.records.len() == 1);
+        if single && si == 0 {
+            stats.rejected += 1;
+            if let Some(s) = self.queue.pop_front() {
+                let kept = self.keep_rejected(&s, stats);
+                log::error!(
+                    "{}snapshot {} ({} bytes of JSON) refused by the broker, {kept}: {e}",
+                    self.tag,
+                    s.seq,
+                    s.payload.len()
+                );
+            }
+            return;
+        }
+        stats.rejected_records += 1;
+        if let Some(s) = self.queue.get(si) {
+            log::error!(
+                "{}record {ri} of snapshot {} ({} bytes) refused by the broker and dropped: {e}",
+                self.tag,
+                s.seq,
+                s.record_len(ri)
+            );
+        }
+        for done in self.queue.acknowledge(&[(si, ri)]) {
+            stats.delivered += 1;
+            self.unspool(&done);
+        }
+    }
+
+    /// On stop: try to deliver what is queued before `deadline`; account for the rest.
+    pub fn drain(&mut self, deadline: Instant, stats: &mut Stats) {
+        while !self.queue.is_empty() && Instant::now() < deadline {
+            if self.send_batch(deadline, stats).is_err() {
+                let wait = self.retry_at.map_or(Duration::ZERO, |t| {
+                    t.saturating_duration_since(Instant::now())
+                });
+                std::thread::sleep(wait.min(deadline.saturating_duration_since(Instant::now())));
+            }
+        }
+        let left = self.queue.len() as u64;
+        let lost = self.unspooled() as u64;
+        stats.unsent = left;
+        stats.lost = lost;
+        if left == 0 {
+            return;
+        }
+        if lost == 0 {
+            log::warn!(
+                "{}{left} unsent snapshots stay in the spool for the next start",
+                self.tag
+            );
+        } else if self.spool.is_some() {
+            log::error!(
+                "{}{left} unsent snapshots at exit: {} stay in the spool, {lost} lost \
+                 (their spool writes had failed)",
+                self.tag,
+                left - lost
+            );
+        } else {
+            log::error!(
+                "{}{left} unsent snapshots lost at exit (set SPOOL_DIR to keep them)",
+                self.tag
+            );
+        }
+    }
+
+    /// Spools (if configured) and queues a snapshot; drops the oldest beyond the bound.
+    fn enqueue(&mut self, mut snapshot: Snapshot, stats: &mut Stats) {
+        if let (Some(spool), false) = (&self.spool, snapshot.spooled) {
+            match spool.write(&snapshot) {
+                Ok(()) => snapshot.spooled = true,
+                Err(e) => {
+                    stats.spool_errors += 1;
+                    log::error!(
+                        "{}{e}; snapshot {} kept in memory only",
+                        self.tag,
+                        snapshot.seq
+                    );
+                }
+            }
+        }
+        let dropped = self.queue.push(snapshot);
+        if !dropped.is_empty() {
+            stats.dropped += dropped.len() as u64;
+            let seqs: Vec<String> = dropped.iter().map(|s| s.seq.to_string()).collect();
+            log::warn!(
+                "{}queue full (QUEUE_MAX_BYTES {}): dropped the {} oldest unsent snapshots \
+                 (seq {}; {} dropped so far)",
+                self.tag,
+                self.queue_max_bytes,
+                dropped.len(),
+                seqs.join(", "),
+                stats.dropped
+            );
+            for s in &dropped {
+                self.unspool(s);
+            }
+        }
+    }
+
+    /// A refused snapshot leaves the queue; with a spool its file is kept aside.
+    fn keep_rejected(&mut self, snapshot: &Snapshot, stats: &mut Stats) -> String {
+        match (&self.spool, snapshot.spooled) {
+            (Some(spool), true) => match spool.reject(snapshot.seq) {
+                Ok(path) => format!("kept in {}", path.display()),
+                Err(e) => {
+                    stats.spool_errors += 1;
+                    format!("dropped ({e})")
+                }
+            },
+            _ => "dropped (no SPOOL_DIR to keep it)".to_string(),
+        }
+    }
+
+    fn unspool(&self, snapshot: &Snapshot) {
+        if let (Some(spool), true) = (&self.spool, snapshot.spooled) {
+            spool.remove(snapshot.seq);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kafka::KafkaError;
+    use crate::sink::Delivered;
+    use std::sync::{Arc, Mutex};
+
+    /// What the in-memory sink does with the next attempt.
+    #[derive(Clone, Debug)]
+    enum Cue {
+        /// Accept every record.
+        Accept,
+        /// Accept the first n records of the attempt, then fail retriably.
+        AcceptThenFail(usize),
+        /// Refuse record i of the attempt for its content (too large); accept the others.
+        Refuse(usize),
+    }
+
+    /// A sink that follows a script of cues and records every value it accepted, in order.
+    #[derive(Clone, Default)]
+    struct ScriptedSink {
+        cues: Arc<Mutex<Vec<Cue>>>,
+        accepted: Arc<Mutex<Vec<Vec<u8>>>>,
+        attempts: Arc<Mutex<Vec<usize>>>,
+    }
+
+    impl ScriptedSink {
+        fn with(cues: Vec<Cue>) -> ScriptedSink {
+            let sink = ScriptedSink::default();
+            *sink.cues.lock().unwrap() = cues;
+            sink
+        }
+        fn accepted(&self) -> Vec<String> {
+            let got = self.accepted.lock().unwrap();
+            got.iter()
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+                .collect()
+        }
+    }
+
+    impl Sink for ScriptedSink {
+        fn deliver(&mut self, records: &[OutRecord<'_>], _: Instant) -> Delivered {
+            self.attempts.lock().unwrap().push(records.len());
+            let cue = {
+                let mut cues = self.cues.lock().unwrap();
+                if cues.is_empty() {
+                    Cue::Accept
+                } else {
+                    cues.remove(0)
+                }
+            };
+            let retriable = || {
+                SinkError::Kafka(KafkaError::Broker {
+                    broker: "b".into(),
+                    topic: "t".into(),
+                    partition: Some(0),
+                    code: 6,
+                    message: None,
+                    retriable: true,
+                })
+            };
+            let mut landed = Vec::new();
+            for (i, r) in records.iter().enumerate() {
+                let ok = match cue {
+                    Cue::Accept => true,
+                    Cue::AcceptThenFail(n) => i < n,
+                    Cue::Refuse(bad) => i != bad,
+                };
+                if ok {
+                    self.accepted.lock().unwrap().push(r.value.to_vec());
+                    landed.push(Some(Landed::Stdout));
+                } else {
+                    landed.push(None);
+                }
+            }
+            let error = match cue {
+                Cue::Accept => None,
+                Cue::AcceptThenFail(n) if n >= records.len() => None,
+                Cue::AcceptThenFail(_) => Some(retriable()),
+                Cue::Refuse(_) => Some(SinkError::Kafka(KafkaError::MessageTooLarge {
+                    broker: "b".into(),
+                    topic: "t".into(),
+                    partition: 0,
+                    batch_bytes: 2_000_000,
+                    largest_record_bytes: 2_000_000,
+                })),
+            };
+            (landed, error)
+        }
+    }
+
+    fn outbox(sink: &ScriptedSink, max_bytes: usize, spool: Option<&Path>) -> (Outbox, Stats) {
+        let mut stats = Stats::default();
+        let o = Outbox::open(Box::new(sink.clone()), spool, max_bytes, String::new(), &mut stats)
+            .unwrap();
+        (o, stats)
+    }
+
+    /// An entity-mode snapshot: records "name:0", "name:1", …
+    fn push_entities(o: &mut Outbox, name: &str, n: usize, stats: &mut Stats) {
+        let mut payload = Vec::new();
+        let mut spans = Vec::new();
+        for i in 0..n {
+            let start = payload.len() as u32;
+            payload.extend_from_slice(format!("{name}:{i}").as_bytes());
+            spans.push(RecordSpan {
+                key: None,
+                value: (start, payload.len() as u32 - start),
+            });
+        }
+        o.push(payload, spans, 0, stats);
+    }
+
+    fn far() -> Instant {
+        Instant::now() + Duration::from_secs(60)
+    }
+
+    #[test]
+    fn delivers_in_order_and_empties() {
+        let sink = ScriptedSink::default();
+        let (mut o, mut stats) = outbox(&sink, 1 << 20, None);
+        push_entities(&mut o, "a", 1, &mut stats);
+        push_entities(&mut o, "b", 2, &mut stats);
+        o.send_backlog(far(), &mut stats);
+        assert!(o.is_empty());
+        assert_eq!(sink.accepted(), ["a:0", "b:0", "b:1"]);
+        assert_eq!(stats.delivered, 2);
+        assert!(o.last_delivery_unix().is_some());
+    }
+
+    #[test]
+    fn partial_acks_resend_exactly_the_missing_records_once() {
+        let sink = ScriptedSink::with(vec![Cue::AcceptThenFail(2)]);
+        let (mut o, mut stats) = outbox(&sink, 1 << 20, None);
+        push_entities(&mut o, "s", 5, &mut stats);
+        assert!(o.send_batch(far(), &mut stats).is_err());
+        assert_eq!(stats.delivery_errors, 1);
+        assert!(o.send_at(Instant::now()).unwrap() > Instant::now(), "backoff");
+        o.send_batch(far(), &mut stats).unwrap();
+        assert_eq!(sink.accepted(), ["s:0", "s:1", "s:2", "s:3", "s:4"]);
+        // The resend carried exactly the three unacknowledged records.
+        assert_eq!(*sink.attempts.lock().unwrap(), [5, 3]);
+        assert_eq!(stats.delivered, 1);
+    }
+
+    #[test]
+    fn a_refused_record_is_set_aside_and_its_neighbours_go_once() {
+        // The batch of 4 is refused for size; the outbox retries one at a time; record 2 is
+        // refused alone and set aside.
+        let sink = ScriptedSink::with(vec![
+            Cue::Refuse(2),
+            Cue::Accept,
+            Cue::Accept,
+            Cue::Refuse(0),
+        ]);
+        let (mut o, mut stats) = outbox(&sink, 1 << 20, None);
+        push_entities(&mut o, "e", 4, &mut stats);
+        for _ in 0..10 {
+            if o.is_empty() {
+                break;
+            }
+            let _ = o.send_batch(far(), &mut stats);
+        }
+        assert!(o.is_empty());
+        let mut got = sink.accepted();
+        got.sort();
+        got.dedup();
+        assert_eq!(got.len(), sink.accepted().len(), "a record went twice");
+        assert_eq!(got, ["e:0", "e:1", "e:3"]);
+        assert_eq!(stats.rejected_records, 1);
+        assert_eq!(stats.delivered, 1);
+    }
+
+    #[test]
+    fn a_refused_feed_snapshot_is_kept_aside_in_the_spool() {
+        let dir = std::env::temp_dir().join(format!("grk-outbox-rej-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let sink = ScriptedSink::with(vec![Cue::Refuse(0)]);
+        let (mut o, mut stats) = outbox(&sink, 1 << 20, Some(&dir));
+        push_entities(&mut o, "big", 1, &mut stats);
+        push_entities(&mut o, "next", 1, &mut stats);
+        assert!(o.send_batch(far(), &mut stats).is_err());
+        assert_eq!(stats.rejected, 1);
+        o.send_backlog(far(), &mut stats);
+        assert_eq!(sink.accepted(), ["next:0"]);
+        assert_eq!(std::fs::read_dir(dir.join("rejected")).unwrap().count(), 1);
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn overflow_drops_the_oldest_and_counts_it() {
+        let sink = ScriptedSink::default();
+        let (mut o, mut stats) = outbox(&sink, 20, None);
+        for name in ["one", "two", "three", "four"] {
+            push_entities(&mut o, name, 1, &mut stats);
+        }
+        assert!(stats.dropped >= 1);
+        o.send_backlog(far(), &mut stats);
+        let got = sink.accepted();
+        assert_eq!(got.last().map(String::as_str), Some("four:0"));
+        assert_eq!(stats.dropped + stats.delivered, 4, "{stats:?}");
+    }
+
+    #[test]
+    fn drain_counts_what_stays_and_what_is_lost() {
+        let sink = ScriptedSink::with(vec![Cue::AcceptThenFail(0); 100]);
+        let (mut o, mut stats) = outbox(&sink, 1 << 20, None);
+        push_entities(&mut o, "x", 1, &mut stats);
+        push_entities(&mut o, "y", 1, &mut stats);
+        o.drain(Instant::now() + Duration::from_millis(50), &mut stats);
+        assert_eq!((stats.unsent, stats.lost), (2, 2));
+    }
+
+    #[test]
+    fn spooled_snapshots_survive_a_restart_and_leave_on_ack() {
+        let dir = std::env::temp_dir().join(format!("grk-outbox-sp-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let failing = ScriptedSink::with(vec![Cue::AcceptThenFail(0); 100]);
+        let (mut o, mut stats) = outbox(&failing, 1 << 20, Some(&dir));
+        push_entities(&mut o, "kept", 1, &mut stats);
+        o.drain(Instant::now(), &mut stats);
+        assert_eq!((stats.unsent, stats.lost), (1, 0));
+        drop(o);
+        let sink = ScriptedSink::default();
+        let (mut o, mut stats) = outbox(&sink, 1 << 20, Some(&dir));
+        assert_eq!(o.len(), 1);
+        o.send_backlog(far(), &mut stats);
+        assert_eq!(sink.accepted(), ["kept:0"]);
+        let files = std::fs::read_dir(&dir)
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().path().is_file())
+            .count();
+        assert_eq!(files, 0, "acked snapshot left its spool file");
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn hand_over_keeps_unspooled_snapshots_in_order() {
+        let failing = ScriptedSink::with(vec![Cue::AcceptThenFail(0); 100]);
+        let (mut o, mut stats) = outbox(&failing, 1 << 20, None);
+        push_entities(&mut o, "p", 1, &mut stats);
+        push_entities(&mut o, "q", 1, &mut stats);
+        let left = o.into_unspooled();
+        let sink = ScriptedSink::default();
+        let (mut next, mut stats) = outbox(&sink, 1 << 20, None);
+        next.adopt(left, &mut stats);
+        next.send_backlog(far(), &mut stats);
+        assert_eq!(sink.accepted(), ["p:0", "q:0"]);
+    }
+}
