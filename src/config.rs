@@ -196,7 +196,12 @@ pub struct ProcessConfig {
 }
 
 /// The setting names (config-file keys) that are process-wide.
-pub const PROCESS_KEYS: &[&str] = &["rust_log", "shutdown_timeout", "metrics_addr", "config_file"];
+pub const PROCESS_KEYS: &[&str] = &[
+    "rust_log",
+    "shutdown_timeout",
+    "metrics_addr",
+    "config_file",
+];
 
 /// What `run` needs: the process settings and one `Config` per feed.
 #[derive(Debug, Clone, PartialEq)]
@@ -553,7 +558,10 @@ fn run_from_file(raw: &Raw, setting: &str, path: &str) -> Result<RunConfig, Conf
         )));
     }
     for (index, feed) in file.feeds.iter().enumerate() {
-        if let Some((key, _)) = feed.iter().find(|(k, _)| PROCESS_KEYS.contains(&k.as_str())) {
+        if let Some((key, _)) = feed
+            .iter()
+            .find(|(k, _)| PROCESS_KEYS.contains(&k.as_str()))
+        {
             return Err(file_error(format!(
                 "{key} in [[feed]] #{} is process-wide: set it once at the top of the file",
                 index + 1
@@ -563,11 +571,13 @@ fn run_from_file(raw: &Raw, setting: &str, path: &str) -> Result<RunConfig, Conf
     if file.feeds.is_empty() {
         return Err(file_error("no [[feed]] table".to_string()));
     }
-    let top_lookup = |name: &str| {
-        match file.defaults.iter().find(|(k, _)| *k == name.to_ascii_lowercase()) {
-            Some((_, v)) => Some(v.clone()),
-            None => (raw.env)(name),
-        }
+    let top_lookup = |name: &str| match file
+        .defaults
+        .iter()
+        .find(|(k, _)| *k == name.to_ascii_lowercase())
+    {
+        Some((_, v)) => Some(v.clone()),
+        None => (raw.env)(name),
     };
     let top_raw = Raw {
         flags: raw.flags.clone(),
@@ -1491,7 +1501,11 @@ mod tests {
             assert!(e.reason.contains("empty"), "{e}");
         };
         check(&[], &[("KAFKA_TOPIC", "")], "KAFKA_TOPIC / --kafka-topic");
-        check(&[], &[("KAFKA_BROKER", " ")], "KAFKA_BROKER / --kafka-broker");
+        check(
+            &[],
+            &[("KAFKA_BROKER", " ")],
+            "KAFKA_BROKER / --kafka-broker",
+        );
         check(&[], &[("VEHICLE_URL", "")], "VEHICLE_URL / --vehicle-url");
         check(&["--kafka-topic="], &[], "KAFKA_TOPIC / --kafka-topic");
         check(&[], &[("KAFKA_SASL_PASSWORD", "")], "KAFKA_SASL_PASSWORD");

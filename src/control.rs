@@ -10,7 +10,9 @@ use std::time::Instant;
 pub enum Order {
     Run,
     /// Deliver what is queued until `deadline`, account for the rest, end.
-    Stop { deadline: Instant },
+    Stop {
+        deadline: Instant,
+    },
     /// End after the step under way, handing what is queued to the feed's next loop (a
     /// reload that changed this feed's settings).
     Retire,

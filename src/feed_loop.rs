@@ -143,7 +143,7 @@ impl FeedLoop {
                 Step::Send => {
                     self.publish(Some(now));
                     let deadline = (now + self.config.delivery_timeout).min(self.due);
-                    self.outbox.send_backlog(deadline, &mut self.stats);
+                    self.send_backlog(deadline);
                 }
                 Step::Sleep(nap) => {
                     control.wait_until(now + nap);
@@ -158,7 +158,10 @@ impl FeedLoop {
     /// Delivers what is queued until `deadline`, counts the rest, ends.
     fn finish(mut self, deadline: Instant) -> FeedEnd {
         self.publish(Some(Instant::now()));
-        self.outbox.drain(deadline, &mut self.stats);
+        let status = &self.status;
+        self.outbox.drain(deadline, &mut self.stats, &mut |o, s| {
+            publish_progress(status, o, s)
+        });
         let end = FeedEnd {
             last_ok: self.last_ok && self.stats.unsent == 0,
             stats: self.stats.clone(),
@@ -179,12 +182,8 @@ impl FeedLoop {
     }
 
     fn publish(&self, busy_since: Option<Instant>) {
+        publish_progress(&self.status, &self.outbox, &self.stats);
         self.status.update(|s| {
-            s.stats = self.stats.clone();
-            s.queue_snapshots = self.outbox.len();
-            s.queue_bytes = self.outbox.bytes();
-            s.queue_unspooled = self.outbox.unspooled();
-            s.last_delivery_unix = self.outbox.last_delivery_unix();
             s.last_send_seconds = self.last_send_seconds;
             s.busy_since = busy_since;
             s.last_ok = self.last_ok;
@@ -200,6 +199,15 @@ impl FeedLoop {
             s.last_ok = last_ok;
             s.finished = true;
         });
+    }
+
+    /// Delivers the queue until `deadline`, publishing progress after every attempt.
+    fn send_backlog(&mut self, deadline: Instant) {
+        let status = &self.status;
+        self.outbox
+            .send_backlog(deadline, &mut self.stats, &mut |o, s| {
+                publish_progress(status, o, s)
+            });
     }
 
     /// One poll (sending its snapshot), then the next due time: the next slot plus jitter,
@@ -252,6 +260,7 @@ impl FeedLoop {
     /// poll's log line: Ok when the snapshot was delivered, Err otherwise.
     fn poll_and_send(&mut self, started: Instant, deadline: Instant) -> Result<String, String> {
         self.stats.polls += 1;
+        publish_progress(&self.status, &self.outbox, &self.stats);
         let polled = match self.pipeline.poll() {
             Ok(PollOutcome::New(p)) => p,
             Ok(PollOutcome::Unchanged(why)) => {
@@ -284,13 +293,16 @@ impl FeedLoop {
         let records = std::mem::take(&mut polled.records);
         self.outbox
             .push(payload, records, polled.timestamp_ms, &mut self.stats);
+        // Counted as queued before any send: if the process must end during the send, the
+        // last line still accounts for this snapshot.
+        publish_progress(&self.status, &self.outbox, &self.stats);
         if backlog > 0 {
             let line = format!(
                 "{}poll ok: {summary}; queued behind {backlog} unsent snapshots",
                 self.tag
             );
             log::warn!("{line}");
-            self.outbox.send_backlog(deadline, &mut self.stats);
+            self.send_backlog(deadline);
             return if self.outbox.is_empty() {
                 Ok(line)
             } else {
@@ -300,7 +312,9 @@ impl FeedLoop {
         // Entity mode may need several requests for one snapshot.
         let mut last = None;
         while !self.outbox.is_empty() {
-            match self.outbox.send_batch(deadline, &mut self.stats) {
+            let sent = self.outbox.send_batch(deadline, &mut self.stats);
+            publish_progress(&self.status, &self.outbox, &self.stats);
+            match sent {
                 Ok(sent) => last = sent.last.or(last),
                 Err(e) => {
                     let line = format!(
@@ -407,11 +421,23 @@ impl FeedLoop {
         if on_terminal {
             eprintln!();
         }
-        self.outbox.drain(Instant::now(), &mut self.stats);
+        self.outbox
+            .drain(Instant::now(), &mut self.stats, &mut |_, _| {});
         FeedEnd {
             last_ok: all_ok && self.stats.unsent == 0 && !stop(),
             stats: self.stats,
             leftover: Vec::new(),
         }
     }
+}
+
+/// Copies the counters and the queue's state into the feed's published status.
+fn publish_progress(status: &StatusCell, outbox: &Outbox, stats: &Stats) {
+    status.update(|s| {
+        s.stats = stats.clone();
+        s.queue_snapshots = outbox.len();
+        s.queue_bytes = outbox.bytes();
+        s.queue_unspooled = outbox.unspooled();
+        s.last_delivery_unix = outbox.last_delivery_unix();
+    });
 }

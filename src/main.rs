@@ -8,7 +8,9 @@ use std::io::{Read, Write};
 use std::process::ExitCode;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use gtfs_rt_kafka::config::{self, Command, Config, ConvertConfig, ProcessConfig, RunConfig, SinkKind};
+use gtfs_rt_kafka::config::{
+    self, Command, Config, ConvertConfig, ProcessConfig, RunConfig, SinkKind,
+};
 use gtfs_rt_kafka::feed_loop::FeedLoop;
 use gtfs_rt_kafka::json::{transcode_feed, Envelope};
 use gtfs_rt_kafka::notify::Notifier;

@@ -17,6 +17,9 @@ use crate::stats::{now_unix, Stats};
 /// brokers' default 1 MB `message.max.bytes`, which applies to a whole batch.
 const MAX_SEND_BYTES: usize = 512 * 1024;
 
+/// Called after every send attempt, so the feed can publish what changed.
+pub type Progress<'a> = &'a mut dyn FnMut(&Outbox, &Stats);
+
 /// What one successful send attempt delivered.
 pub struct Sent {
     pub records: usize,
@@ -153,9 +156,11 @@ impl Outbox {
 
     /// Sends queued snapshots oldest-first until the queue is empty, an attempt fails, or
     /// the deadline comes.
-    pub fn send_backlog(&mut self, deadline: Instant, stats: &mut Stats) {
+    pub fn send_backlog(&mut self, deadline: Instant, stats: &mut Stats, progress: Progress<'_>) {
         while !self.queue.is_empty() && Instant::now() < deadline {
-            match self.send_batch(deadline, stats) {
+            let sent = self.send_batch(deadline, stats);
+            progress(self, stats);
+            match sent {
                 Ok(sent) => {
                     if let Some(last) = sent.last {
                         log::info!(
@@ -279,9 +284,11 @@ impl Outbox {
     }
 
     /// On stop: try to deliver what is queued before `deadline`; account for the rest.
-    pub fn drain(&mut self, deadline: Instant, stats: &mut Stats) {
+    pub fn drain(&mut self, deadline: Instant, stats: &mut Stats, progress: Progress<'_>) {
         while !self.queue.is_empty() && Instant::now() < deadline {
-            if self.send_batch(deadline, stats).is_err() {
+            let sent = self.send_batch(deadline, stats);
+            progress(self, stats);
+            if sent.is_err() {
                 let wait = self.retry_at.map_or(Duration::ZERO, |t| {
                     t.saturating_duration_since(Instant::now())
                 });
@@ -463,8 +470,14 @@ mod tests {
 
     fn outbox(sink: &ScriptedSink, max_bytes: usize, spool: Option<&Path>) -> (Outbox, Stats) {
         let mut stats = Stats::default();
-        let o = Outbox::open(Box::new(sink.clone()), spool, max_bytes, String::new(), &mut stats)
-            .unwrap();
+        let o = Outbox::open(
+            Box::new(sink.clone()),
+            spool,
+            max_bytes,
+            String::new(),
+            &mut stats,
+        )
+        .unwrap();
         (o, stats)
     }
 
@@ -493,7 +506,7 @@ mod tests {
         let (mut o, mut stats) = outbox(&sink, 1 << 20, None);
         push_entities(&mut o, "a", 1, &mut stats);
         push_entities(&mut o, "b", 2, &mut stats);
-        o.send_backlog(far(), &mut stats);
+        o.send_backlog(far(), &mut stats, &mut |_, _| {});
         assert!(o.is_empty());
         assert_eq!(sink.accepted(), ["a:0", "b:0", "b:1"]);
         assert_eq!(stats.delivered, 2);
@@ -507,7 +520,10 @@ mod tests {
         push_entities(&mut o, "s", 5, &mut stats);
         assert!(o.send_batch(far(), &mut stats).is_err());
         assert_eq!(stats.delivery_errors, 1);
-        assert!(o.send_at(Instant::now()).unwrap() > Instant::now(), "backoff");
+        assert!(
+            o.send_at(Instant::now()).unwrap() > Instant::now(),
+            "backoff"
+        );
         o.send_batch(far(), &mut stats).unwrap();
         assert_eq!(sink.accepted(), ["s:0", "s:1", "s:2", "s:3", "s:4"]);
         // The resend carried exactly the three unacknowledged records.
@@ -553,7 +569,7 @@ mod tests {
         push_entities(&mut o, "next", 1, &mut stats);
         assert!(o.send_batch(far(), &mut stats).is_err());
         assert_eq!(stats.rejected, 1);
-        o.send_backlog(far(), &mut stats);
+        o.send_backlog(far(), &mut stats, &mut |_, _| {});
         assert_eq!(sink.accepted(), ["next:0"]);
         assert_eq!(std::fs::read_dir(dir.join("rejected")).unwrap().count(), 1);
         std::fs::remove_dir_all(&dir).ok();
@@ -567,7 +583,7 @@ mod tests {
             push_entities(&mut o, name, 1, &mut stats);
         }
         assert!(stats.dropped >= 1);
-        o.send_backlog(far(), &mut stats);
+        o.send_backlog(far(), &mut stats, &mut |_, _| {});
         let got = sink.accepted();
         assert_eq!(got.last().map(String::as_str), Some("four:0"));
         assert_eq!(stats.dropped + stats.delivered, 4, "{stats:?}");
@@ -579,7 +595,11 @@ mod tests {
         let (mut o, mut stats) = outbox(&sink, 1 << 20, None);
         push_entities(&mut o, "x", 1, &mut stats);
         push_entities(&mut o, "y", 1, &mut stats);
-        o.drain(Instant::now() + Duration::from_millis(50), &mut stats);
+        o.drain(
+            Instant::now() + Duration::from_millis(50),
+            &mut stats,
+            &mut |_, _| {},
+        );
         assert_eq!((stats.unsent, stats.lost), (2, 2));
     }
 
@@ -590,13 +610,13 @@ mod tests {
         let failing = ScriptedSink::with(vec![Cue::AcceptThenFail(0); 100]);
         let (mut o, mut stats) = outbox(&failing, 1 << 20, Some(&dir));
         push_entities(&mut o, "kept", 1, &mut stats);
-        o.drain(Instant::now(), &mut stats);
+        o.drain(Instant::now(), &mut stats, &mut |_, _| {});
         assert_eq!((stats.unsent, stats.lost), (1, 0));
         drop(o);
         let sink = ScriptedSink::default();
         let (mut o, mut stats) = outbox(&sink, 1 << 20, Some(&dir));
         assert_eq!(o.len(), 1);
-        o.send_backlog(far(), &mut stats);
+        o.send_backlog(far(), &mut stats, &mut |_, _| {});
         assert_eq!(sink.accepted(), ["kept:0"]);
         let files = std::fs::read_dir(&dir)
             .unwrap()
@@ -616,7 +636,7 @@ mod tests {
         let sink = ScriptedSink::default();
         let (mut next, mut stats) = outbox(&sink, 1 << 20, None);
         next.adopt(left, &mut stats);
-        next.send_backlog(far(), &mut stats);
+        next.send_backlog(far(), &mut stats, &mut |_, _| {});
         assert_eq!(sink.accepted(), ["p:0", "q:0"]);
     }
 }

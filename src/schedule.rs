@@ -78,12 +78,12 @@ pub fn phase(source_id: &str, interval: Duration, n_feeds: usize) -> Duration {
     if n_feeds <= 1 {
         return Duration::ZERO;
     }
-    let hash = source_id
-        .bytes()
-        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-        });
-    let micros = u64::try_from(interval.as_micros()).unwrap_or(u64::MAX).max(1);
+    let hash = source_id.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    let micros = u64::try_from(interval.as_micros())
+        .unwrap_or(u64::MAX)
+        .max(1);
     Duration::from_micros(hash % micros)
 }
 
@@ -186,12 +186,17 @@ mod tests {
         let i = Duration::from_secs(10);
         assert_eq!(phase("only", i, 1), Duration::ZERO);
         assert_eq!(phase("a", i, 2), phase("a", i, 500));
-        let phases: Vec<Duration> = (0..500).map(|n| phase(&format!("feed{n}"), i, 500)).collect();
+        let phases: Vec<Duration> = (0..500)
+            .map(|n| phase(&format!("feed{n}"), i, 500))
+            .collect();
         assert!(phases.iter().all(|p| *p < i));
         // Spread: every tenth of the interval holds some feeds, none holds most of them.
         for tenth in 0..10 {
             let lo = i / 10 * tenth;
-            let n = phases.iter().filter(|p| **p >= lo && **p < lo + i / 10).count();
+            let n = phases
+                .iter()
+                .filter(|p| **p >= lo && **p < lo + i / 10)
+                .count();
             assert!((20..=80).contains(&n), "tenth {tenth}: {n} of 500");
         }
     }

@@ -159,7 +159,9 @@ impl StatusCell {
 
     fn lock(&self) -> MutexGuard<'_, FeedStatus> {
         // A writer that panicked leaves a status that is still plain data: keep reading it.
-        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -182,7 +184,9 @@ impl Board {
     }
 
     fn lock(&self) -> MutexGuard<'_, Vec<(String, StatusCell)>> {
-        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -210,7 +214,10 @@ mod tests {
     fn a_loop_is_stuck_only_past_its_own_step_limit() {
         let t0 = Instant::now();
         let mut s = FeedStatus::new(Duration::from_secs(1), Duration::from_secs(40));
-        assert!(!s.stuck(t0 + Duration::from_secs(1000)), "waiting is not stuck");
+        assert!(
+            !s.stuck(t0 + Duration::from_secs(1000)),
+            "waiting is not stuck"
+        );
         s.busy_since = Some(t0);
         assert!(!s.stuck(t0 + Duration::from_secs(40)));
         assert!(s.stuck(t0 + Duration::from_secs(41)));
@@ -225,8 +232,14 @@ mod tests {
         s.queue_unspooled = 1;
         let stats = s.final_stats();
         assert_eq!((stats.unsent, stats.lost), (3, 1));
-        assert!(stats.to_string().ends_with("3 unsent at exit (2 in the spool, 1 lost)"));
+        assert!(stats
+            .to_string()
+            .ends_with("3 unsent at exit (2 in the spool, 1 lost)"));
         s.finished = true;
-        assert_eq!(s.final_stats().unsent, 0, "a finished loop's counters are final");
+        assert_eq!(
+            s.final_stats().unsent,
+            0,
+            "a finished loop's counters are final"
+        );
     }
 }

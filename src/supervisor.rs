@@ -106,9 +106,7 @@ pub fn run(
             addr: addr.clone(),
             cause,
         })?;
-        server
-            .spawn(board.clone())
-            .map_err(StartError::Thread)?;
+        server.spawn(board.clone()).map_err(StartError::Thread)?;
         log::info!("metrics on http://{addr}/metrics and /health");
     }
     let mut sup = Supervisor {
@@ -160,7 +158,9 @@ impl Supervisor<'_> {
             },
             sink_target(config)
         );
-        let first_poll = Instant::now() + phase(&config.source_id, config.poll_interval, n_feeds);
+        // `--once` polls every feed at once; a run spreads them over their interval.
+        let spread = if self.process.once { 1 } else { n_feeds };
+        let first_poll = Instant::now() + phase(&config.source_id, config.poll_interval, spread);
         FeedLoop::new(
             config.clone(),
             open_sink(config),

@@ -427,3 +427,109 @@ pub fn consume_up_to(broker: &str, topic: &str, count: usize, timeout_secs: u32)
         .map(|l| serde_json::from_str(l).unwrap())
         .collect()
 }
+
+/// The real binary running in the background, its stderr collected line by line as it comes
+/// (so a test can look at the log while the process runs).
+pub struct Daemon {
+    pub child: Child,
+    log: Arc<std::sync::Mutex<String>>,
+}
+
+impl Daemon {
+    pub fn start(args: &[&str], env: &[(&str, &str)]) -> Daemon {
+        let mut command = Command::new(BIN);
+        command
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        Daemon::spawn(command)
+    }
+
+    /// Starts a prepared command (stderr is piped here).
+    pub fn spawn(mut command: Command) -> Daemon {
+        command.stderr(std::process::Stdio::piped());
+        let mut child = command.spawn().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let log: Arc<std::sync::Mutex<String>> = Arc::default();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                let mut log = sink.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        Daemon { child, log }
+    }
+
+    /// Everything logged so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Waits until a log line contains `needle`.
+    pub fn wait_for_line(&self, needle: &str, timeout: Duration) {
+        let start = Instant::now();
+        while !self.log().contains(needle) {
+            assert!(
+                start.elapsed() < timeout,
+                "no line with {needle:?} in {timeout:?}:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn signal(&self, name: &str) {
+        signal(self.child.id(), name);
+    }
+
+    /// SIGTERM, then the exit status, how long the exit took, and the whole log.
+    pub fn stop(mut self, timeout: Duration) -> (ExitStatus, Duration, String) {
+        let t0 = Instant::now();
+        signal(self.child.id(), "TERM");
+        let status = match wait_timeout(&mut self.child, timeout) {
+            Some(s) => s,
+            None => {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                panic!("no exit within {timeout:?} of SIGTERM:\n{}", self.log());
+            }
+        };
+        let took = t0.elapsed();
+        // The reader thread drains the pipe once the process is gone.
+        std::thread::sleep(Duration::from_millis(100));
+        (status, took, self.log())
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A TCP peer that accepts connections and never says a word: a hung broker or server.
+pub fn silent_peer() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming().flatten() {
+            held.push(stream);
+        }
+    });
+    port
+}
+
+/// Writes a config file under the temp dir; returns its path.
+pub fn write_config(name: &str, text: &str) -> PathBuf {
+    let path = std::env::temp_dir().join(format!("grk-{name}-{}.toml", std::process::id()));
+    std::fs::write(&path, text).unwrap();
+    path
+}
