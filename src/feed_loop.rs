@@ -62,6 +62,10 @@ pub struct FeedLoop {
     last_send_seconds: Option<f64>,
     /// "[source_id] " in front of log lines when several feeds share the process.
     tag: String,
+    /// A small random offset of this process's polls from the slots (chosen once), so many
+    /// gateways started together don't hit a feed server in the same millisecond, while the
+    /// polls of this one stay exactly one interval apart.
+    offset: Duration,
 }
 
 impl FeedLoop {
@@ -99,6 +103,7 @@ impl FeedLoop {
             last_line: None,
             last_send_seconds: None,
             tag,
+            offset: poll_jitter(config.poll_interval, jitter_noise()),
             config,
         })
     }
@@ -250,7 +255,7 @@ impl FeedLoop {
             }
             _ => {
                 self.slot = next_poll_after(self.slot, interval, now);
-                self.due = self.slot + poll_jitter(interval, jitter_noise());
+                self.due = self.slot + self.offset;
                 self.fetch_retries_left = FETCH_RETRIES;
             }
         }

@@ -229,6 +229,10 @@ const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 
 const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
 
+/// Buffers of a feed's HTTP connection (response head + body chunks; request head).
+const IDLE_INPUT_BUFFER: usize = 32 * 1024;
+const IDLE_OUTPUT_BUFFER: usize = 8 * 1024;
+
 impl Fetcher {
     pub fn new(settings: &FetchSettings) -> Fetcher {
         let mut url = settings.url.clone();
@@ -279,6 +283,13 @@ impl Fetcher {
             .user_agent(concat!("gtfs-rt-kafka/", env!("CARGO_PKG_VERSION")))
             .accept("application/x-protobuf, application/octet-stream, */*")
             .tls_config(tls.build())
+            // One feed, one server: one kept-alive connection is all a feed reuses. Its
+            // buffers stay allocated while it idles between polls, so they are kept small
+            // (ureq's defaults are 128 KiB each); response heads up to 32 KiB still fit.
+            .max_idle_connections(1)
+            .max_idle_connections_per_host(1)
+            .input_buffer_size(IDLE_INPUT_BUFFER)
+            .output_buffer_size(IDLE_OUTPUT_BUFFER)
             .build();
         Fetcher {
             agent: config.new_agent(),

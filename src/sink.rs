@@ -8,7 +8,8 @@ use std::time::Instant;
 
 use crate::config::{AcksSetting, CompressionSetting, KafkaSettings, NewTopic};
 use crate::kafka::{
-    Acks, Compression, KafkaError, Producer, ProducerConfig, Record, TopicCreation, TopicSpec,
+    Acks, Compression, ConnPool, KafkaError, Producer, ProducerConfig, Record, TopicCreation,
+    TopicSpec,
 };
 
 /// Where a document landed, for the poll's log line.
@@ -98,7 +99,39 @@ pub struct KafkaSink {
     create_topic: Option<NewTopic>,
 }
 
+/// One connection pool per Kafka cluster identity: feeds with the same brokers, client id
+/// and security settings (passwords and certificates included) share connections, so their
+/// number follows the sends in progress, not the number of feeds. Each feed keeps its own
+/// producer: its own producer id, sequences and metadata, so one topic's trouble stays its own.
+#[derive(Default)]
+pub struct Clusters(Vec<(KafkaSettings, ConnPool)>);
+
+impl Clusters {
+    pub fn pool_for(&mut self, settings: &KafkaSettings) -> ConnPool {
+        let same_cluster = |known: &KafkaSettings| {
+            known.bootstrap == settings.bootstrap
+                && known.client_id == settings.client_id
+                && known.security_protocol == settings.security_protocol
+                && known.tls == settings.tls
+                && known.sasl == settings.sasl
+        };
+        if let Some((_, pool)) = self.0.iter().find(|(k, _)| same_cluster(k)) {
+            return pool.clone();
+        }
+        let pool = ConnPool::default();
+        self.0.push((settings.clone(), pool.clone()));
+        pool
+    }
+}
+
 impl KafkaSink {
+    /// A sink sharing its cluster's connections with the other feeds' sinks.
+    pub fn shared(settings: &KafkaSettings, clusters: &mut Clusters) -> KafkaSink {
+        let mut sink = KafkaSink::new(settings);
+        sink.producer = sink.producer.with_pool(clusters.pool_for(settings));
+        sink
+    }
+
     pub fn new(settings: &KafkaSettings) -> KafkaSink {
         let config = ProducerConfig {
             bootstrap: settings.bootstrap.clone(),

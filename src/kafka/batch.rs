@@ -99,40 +99,55 @@ const XERIAL_MAGIC: &[u8; 16] = b"\x82SNAPPY\x00\x00\x00\x00\x01\x00\x00\x00\x01
 const XERIAL_BLOCK: usize = 32 * 1024;
 
 /// Compresses the records section of a batch with the codec named in its attributes.
+///
+/// Each codec is its own never-inlined function: their encoders keep tables of tens of KiB on
+/// the stack, and inlined together they would make every batch encode (even an uncompressed
+/// one) touch all of them — stack pages that then stay resident in every feed thread.
 fn compress(codec: Codec, plain: &[u8]) -> io::Result<Vec<u8>> {
     match codec {
         Codec::None => Ok(plain.to_vec()),
-        Codec::Gzip => {
-            let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-            enc.write_all(plain)?;
-            enc.finish()
-        }
-        Codec::Snappy => {
-            // Same framing as the Java client, so every broker and consumer reads it.
-            let mut out = Vec::with_capacity(XERIAL_MAGIC.len() + plain.len() / 2 + 64);
-            out.extend_from_slice(XERIAL_MAGIC);
-            let mut enc = snap::raw::Encoder::new();
-            for block in plain.chunks(XERIAL_BLOCK) {
-                let compressed = enc.compress_vec(block).map_err(io::Error::other)?;
-                out.extend_from_slice(&(compressed.len() as u32).to_be_bytes());
-                out.extend_from_slice(&compressed);
-            }
-            Ok(out)
-        }
-        Codec::Lz4 => {
-            // Kafka's KafkaLZ4BlockInputStream wants independent blocks of 64 KiB..4 MiB.
-            let info = lz4_flex::frame::FrameInfo::new()
-                .block_size(lz4_flex::frame::BlockSize::Max64KB)
-                .block_mode(lz4_flex::frame::BlockMode::Independent);
-            let mut enc = lz4_flex::frame::FrameEncoder::with_frame_info(info, Vec::new());
-            enc.write_all(plain)?;
-            enc.finish().map_err(io::Error::other)
-        }
-        Codec::Zstd => Ok(ruzstd::encoding::compress_to_vec(
-            plain,
-            ruzstd::encoding::CompressionLevel::Fastest,
-        )),
+        Codec::Gzip => gzip(plain),
+        Codec::Snappy => snappy(plain),
+        Codec::Lz4 => lz4(plain),
+        Codec::Zstd => Ok(zstd(plain)),
     }
+}
+
+#[inline(never)]
+fn gzip(plain: &[u8]) -> io::Result<Vec<u8>> {
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    enc.write_all(plain)?;
+    enc.finish()
+}
+
+#[inline(never)]
+fn snappy(plain: &[u8]) -> io::Result<Vec<u8>> {
+    // Same framing as the Java client, so every broker and consumer reads it.
+    let mut out = Vec::with_capacity(XERIAL_MAGIC.len() + plain.len() / 2 + 64);
+    out.extend_from_slice(XERIAL_MAGIC);
+    let mut enc = snap::raw::Encoder::new();
+    for block in plain.chunks(XERIAL_BLOCK) {
+        let compressed = enc.compress_vec(block).map_err(io::Error::other)?;
+        out.extend_from_slice(&(compressed.len() as u32).to_be_bytes());
+        out.extend_from_slice(&compressed);
+    }
+    Ok(out)
+}
+
+#[inline(never)]
+fn lz4(plain: &[u8]) -> io::Result<Vec<u8>> {
+    // Kafka's KafkaLZ4BlockInputStream wants independent blocks of 64 KiB..4 MiB.
+    let info = lz4_flex::frame::FrameInfo::new()
+        .block_size(lz4_flex::frame::BlockSize::Max64KB)
+        .block_mode(lz4_flex::frame::BlockMode::Independent);
+    let mut enc = lz4_flex::frame::FrameEncoder::with_frame_info(info, Vec::new());
+    enc.write_all(plain)?;
+    enc.finish().map_err(io::Error::other)
+}
+
+#[inline(never)]
+fn zstd(plain: &[u8]) -> Vec<u8> {
+    ruzstd::encoding::compress_to_vec(plain, ruzstd::encoding::CompressionLevel::Fastest)
 }
 
 /// Inverse of [`compress`], for tests and the in-memory broker.

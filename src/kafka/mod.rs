@@ -37,7 +37,7 @@ mod wire;
 pub use config::{Acks, Compression, ProducerConfig, Sasl, SaslMechanism};
 pub use error::{error_code_name, KafkaError, Phase};
 pub use partitioner::{murmur2, partition_for_key};
-pub use producer::{Delivery, Producer, Record, TopicCreation, TopicSpec};
+pub use producer::{ConnPool, Delivery, Producer, Record, TopicCreation, TopicSpec};
 pub use secret::Secret;
 pub use tls::{Tls, TlsFiles};
 

@@ -92,11 +92,48 @@ struct Idempotence {
     next_sequence: HashMap<(String, i32), i32>,
 }
 
+/// Idle connections kept per broker between calls.
+const IDLE_PER_BROKER: usize = 4;
+
+/// Idle, negotiated connections shared by the producers of one cluster (same addresses,
+/// client id, TLS and SASL identity). A producer takes a connection for one call and gives it
+/// back only when the call ended with nothing unread on it, so a connection is never used by
+/// two calls at once and never carries someone else's pending response. Connections grow with
+/// the calls in progress, not with the number of producers; at most `IDLE_PER_BROKER` stay.
+#[derive(Clone, Default)]
+pub struct ConnPool(std::sync::Arc<std::sync::Mutex<HashMap<String, Vec<Conn>>>>);
+
+impl ConnPool {
+    fn take(&self, addr: &str) -> Option<Conn> {
+        self.lock().get_mut(addr).and_then(Vec::pop)
+    }
+
+    fn give(&self, addr: String, conn: Conn) {
+        let mut idle = self.lock();
+        let list = idle.entry(addr).or_default();
+        if list.len() < IDLE_PER_BROKER {
+            list.push(conn);
+        }
+    }
+
+    /// Idle connections right now, over all brokers.
+    pub fn idle(&self) -> usize {
+        self.lock().values().map(Vec::len).sum()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<Conn>>> {
+        // The map holds plain connections; a panicked holder leaves it usable.
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
 /// A blocking Kafka producer over our own protocol client.
 pub struct Producer {
     config: ProducerConfig,
     connector: Box<dyn Connector>,
+    /// Connections taken for the call in progress.
     conns: HashMap<String, Conn>,
+    pool: ConnPool,
     metadata: Metadata,
     idempotence: Option<Idempotence>,
     /// Number of `produce` calls so far; rotates the keyless partition.
@@ -132,6 +169,22 @@ impl Producer {
         Producer::with_connector(config, connector)
     }
 
+    /// Shares `pool`'s connections with the other producers of the same cluster.
+    pub fn with_pool(mut self, pool: ConnPool) -> Producer {
+        self.pool = pool;
+        self
+    }
+
+    /// Ends a call: its connections go back to the pool when nothing is left unread on them
+    /// (the call succeeded), and are closed otherwise.
+    fn release_conns(&mut self, clean: bool) {
+        for (addr, conn) in self.conns.drain() {
+            if clean {
+                self.pool.give(addr, conn);
+            }
+        }
+    }
+
     pub(crate) fn with_connector(
         config: ProducerConfig,
         connector: Box<dyn Connector>,
@@ -140,6 +193,7 @@ impl Producer {
             config,
             connector,
             conns: HashMap::new(),
+            pool: ConnPool::default(),
             metadata: Metadata::default(),
             idempotence: None,
             calls: 0,
@@ -184,6 +238,7 @@ impl Producer {
         let error = self
             .produce_checked(topic, records, deadline, &mut partition_of, &mut offsets)
             .err();
+        self.release_conns(error.is_none());
         let landed = partition_of
             .iter()
             .zip(&offsets)
@@ -535,6 +590,11 @@ impl Producer {
     /// The connection to `addr`, opened and negotiated if needed, re-authenticated if its SASL
     /// session is close to its end.
     fn conn(&mut self, addr: &str, deadline: Instant) -> Result<&mut Conn, KafkaError> {
+        if !self.conns.contains_key(addr) {
+            if let Some(conn) = self.pool.take(addr) {
+                self.conns.insert(addr.to_owned(), conn);
+            }
+        }
         let now = Instant::now();
         match self.conns.get(addr).and_then(|c| c.session) {
             Some(session) if now >= session.expires_at => {
@@ -737,6 +797,17 @@ impl Producer {
     /// Creates `spec.name` unless it exists (`--create-topic`). Any broker takes the request
     /// (KRaft forwards it to the controller); NOT_CONTROLLER and timeouts try the next one.
     pub fn create_topic(
+        &mut self,
+        spec: &TopicSpec,
+        deadline: Instant,
+    ) -> Result<TopicCreation, KafkaError> {
+        let result = self.create_topic_on_any(spec, deadline);
+        // `call` closes a connection on any failure, so what is left has nothing unread.
+        self.release_conns(true);
+        result
+    }
+
+    fn create_topic_on_any(
         &mut self,
         spec: &TopicSpec,
         deadline: Instant,
@@ -1115,6 +1186,48 @@ mod tests {
                 "record {i} at {d:?}"
             );
         }
+    }
+
+    #[test]
+    fn producers_sharing_a_pool_share_one_connection_and_keep_their_own_ids() {
+        let cluster = Cluster::new(1, TOPIC, &[1]);
+        let pool = ConnPool::default();
+        let idempotent = |c: &mut ProducerConfig| {
+            c.idempotence = true;
+            c.acks = Acks::All;
+        };
+        let mut a = producer(&cluster, idempotent).with_pool(pool.clone());
+        let mut b = producer(&cluster, idempotent).with_pool(pool.clone());
+        let vals = values(2);
+        for _ in 0..3 {
+            a.produce(TOPIC, &keyless(&vals), soon()).unwrap();
+            b.produce(TOPIC, &keyless(&vals), soon()).unwrap();
+        }
+        assert_eq!(pool.idle(), 1);
+        let state = cluster.state();
+        assert_eq!(
+            state.count(ApiKey::ApiVersions),
+            1,
+            "one connection for both"
+        );
+        assert_eq!(
+            state.count(ApiKey::InitProducerId),
+            2,
+            "one producer id each"
+        );
+        assert_eq!(state.log_values(0).len(), 12);
+    }
+
+    #[test]
+    fn a_failed_call_closes_its_connections_instead_of_sharing_them() {
+        let cluster = Cluster::new(1, TOPIC, &[1]);
+        let pool = ConnPool::default();
+        let mut a = producer(&cluster, |c| c.unknown_topic_retries = 1).with_pool(pool.clone());
+        let vals = values(1);
+        assert!(a.produce("no-such-topic", &keyless(&vals), soon()).is_err());
+        assert_eq!(pool.idle(), 0);
+        a.produce(TOPIC, &keyless(&vals), soon()).unwrap();
+        assert_eq!(pool.idle(), 1);
     }
 
     #[test]
@@ -1564,7 +1677,18 @@ mod tests {
         let mut p = producer(&cluster, with_sasl(Plain, "alice-secret"));
         let vals = values(1);
         p.produce(TOPIC, &keyless(&vals), soon()).unwrap();
-        let session = p.conns["b1:9092"].session.unwrap();
+        let session_of = |p: &mut Producer| {
+            let conn = p.pool.take("b1:9092").unwrap();
+            let session = conn.session.unwrap();
+            p.pool.give("b1:9092".to_owned(), conn);
+            session
+        };
+        let set_session = |p: &mut Producer, session: Session| {
+            let mut conn = p.pool.take("b1:9092").unwrap();
+            conn.session = Some(session);
+            p.pool.give("b1:9092".to_owned(), conn);
+        };
+        let session = session_of(&mut p);
         let lifetime = session.expires_at - session.reauth_at;
         // 15 % of the broker's 60 s.
         assert!(
@@ -1573,22 +1697,28 @@ mod tests {
         );
         // Past 85 % of the lifetime: KIP-368 re-authentication on the same connection.
         let now = Instant::now();
-        p.conns.get_mut("b1:9092").unwrap().session = Some(Session {
-            reauth_at: now,
-            expires_at: now + Duration::from_secs(5),
-        });
+        set_session(
+            &mut p,
+            Session {
+                reauth_at: now,
+                expires_at: now + Duration::from_secs(5),
+            },
+        );
         p.produce(TOPIC, &keyless(&vals), soon()).unwrap();
         {
             let state = cluster.state();
             assert_eq!(state.count(ApiKey::SaslHandshake), 2);
             assert_eq!(state.count(ApiKey::ApiVersions), 1, "same connection");
         }
-        assert!(p.conns["b1:9092"].session.unwrap().reauth_at > now + Duration::from_secs(40));
+        assert!(session_of(&mut p).reauth_at > now + Duration::from_secs(40));
         // Past the end: a new connection (the broker would close this one).
-        p.conns.get_mut("b1:9092").unwrap().session = Some(Session {
-            reauth_at: now,
-            expires_at: now,
-        });
+        set_session(
+            &mut p,
+            Session {
+                reauth_at: now,
+                expires_at: now,
+            },
+        );
         p.produce(TOPIC, &keyless(&vals), soon()).unwrap();
         let state = cluster.state();
         assert_eq!(state.count(ApiKey::ApiVersions), 2, "reconnected");
