@@ -10,6 +10,7 @@ use std::fmt;
 use std::time::Duration;
 
 use crate::config_file;
+pub use crate::fetch::FetchSettings;
 use crate::fetch::{CaFile, FeedApiKey, KeyPlace};
 use crate::json::FieldNames;
 use crate::kafka::{Sasl, SaslMechanism, Secret, Tls, TlsFiles};
@@ -165,19 +166,6 @@ pub struct NewTopic {
     pub partitions: i32,
     pub replication_factor: i16,
     pub configs: Vec<(String, String)>,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct FetchSettings {
-    pub url: String,
-    pub timeout: Duration,
-    pub connect_timeout: Duration,
-    pub max_body_bytes: u64,
-    pub max_redirects: u32,
-    /// `HTTP_CA_LOCATION`: roots for https feeds instead of the bundled Mozilla ones.
-    pub ca: Option<CaFile>,
-    /// `FEED_API_KEY` / `FEED_API_KEY_FILE` and where it goes.
-    pub api_key: Option<FeedApiKey>,
 }
 
 /// Settings of the whole process: one value whatever the number of feeds. A config file

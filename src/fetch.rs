@@ -4,8 +4,7 @@
 //! the feed's API key (query parameter or header) and URL redaction for logs.
 //! It never decodes protobuf; it hands raw feed bytes to `decode`.
 
-use crate::config::FetchSettings;
-use crate::kafka::Secret;
+use crate::secret::Secret;
 use std::fmt;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -206,6 +205,20 @@ impl FetchError {
             Self::Gzip { .. } => "gzip",
         }
     }
+}
+
+/// Where and how one feed is fetched (its part of the feed's settings).
+#[derive(Debug, Clone, PartialEq)]
+pub struct FetchSettings {
+    pub url: String,
+    pub timeout: Duration,
+    pub connect_timeout: Duration,
+    pub max_body_bytes: u64,
+    pub max_redirects: u32,
+    /// `HTTP_CA_LOCATION`: roots for https feeds instead of the bundled Mozilla ones.
+    pub ca: Option<CaFile>,
+    /// `FEED_API_KEY` / `FEED_API_KEY_FILE` and where it goes.
+    pub api_key: Option<FeedApiKey>,
 }
 
 /// Reuses one ureq agent (and its connection pool) across polls.

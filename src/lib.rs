@@ -21,6 +21,7 @@ pub mod outbox;
 pub mod pipeline;
 pub mod queue;
 pub mod schedule;
+pub mod secret;
 pub mod signals;
 pub mod sink;
 pub mod spool;

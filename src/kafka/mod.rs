@@ -11,11 +11,12 @@
 //! - `batch`: record batch v2 with pure-Rust gzip/snappy/lz4/zstd and producer-id fields.
 //! - `produce`: Produce requests and per-partition Done / Retry / Fatal decisions.
 //! - `sasl`: PLAIN and SCRAM-SHA-256/512 clients and the SaslHandshake + SaslAuthenticate
-//!   exchange (also for KIP-368 re-authentication); `secret`: values that format as `***`.
+//!   exchange (also for KIP-368 re-authentication); `Secret` (crate::secret): values that format as `***`.
 //! - `tls`: rustls client config from PEM files, the handshake, certificate errors in words.
 //! - `transport`: the only `TcpStream`; connect (+ TLS), write a frame, read a bounded frame.
 //! - `producer`: the blocking facade with retries, backoff, reconnects, idempotence, and SASL
-//!   on every new connection.
+//!   on every new connection; `ConnPool` shares idle negotiated connections between the
+//!   producers of one cluster (a connection goes back only when nothing is unread on it).
 
 mod batch;
 mod config;
@@ -28,17 +29,16 @@ mod produce;
 mod producer;
 mod response;
 mod sasl;
-mod secret;
 mod tls;
 mod transport;
 mod versions;
 mod wire;
 
+pub use crate::secret::Secret;
 pub use config::{Acks, Compression, ProducerConfig, Sasl, SaslMechanism};
 pub use error::{error_code_name, KafkaError, Phase};
 pub use partitioner::{murmur2, partition_for_key};
 pub use producer::{ConnPool, Delivery, Producer, Record, TopicCreation, TopicSpec};
-pub use secret::Secret;
 pub use tls::{Tls, TlsFiles};
 
 /// Not an API: the fuzzers' way in (fuzz/fuzz_targets/kafka_response.rs). Runs one broker reply

@@ -8,7 +8,13 @@
 
 use bytes::Bytes;
 
-use super::versions::BrokerRange;
+/// One broker-advertised range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct BrokerRange {
+    pub api_key: i16,
+    pub min: i16,
+    pub max: i16,
+}
 
 /// A cursor over a response body; every read is checked.
 struct Reader<'a> {

@@ -6,7 +6,8 @@ use kafka_protocol::messages::{ApiKey, ApiVersionsRequest};
 use kafka_protocol::protocol::StrBytes;
 
 use super::error::KafkaError;
-use super::{response, wire};
+use super::response::{self, BrokerRange};
+use super::wire;
 
 /// Versions this client implements, per API, inclusive.
 ///
@@ -41,14 +42,6 @@ pub(crate) struct Versions {
     /// `None` when the broker cannot do SASL the way we do (needed only with SASL configured).
     pub sasl_handshake: Option<i16>,
     pub sasl_authenticate: Option<i16>,
-}
-
-/// One broker-advertised range.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct BrokerRange {
-    pub api_key: i16,
-    pub min: i16,
-    pub max: i16,
 }
 
 /// Highest version both sides speak, or `Err(broker range)` when the ranges do not meet.
