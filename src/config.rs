@@ -14,6 +14,7 @@ pub use crate::fetch::FetchSettings;
 use crate::fetch::{CaFile, FeedApiKey, KeyPlace};
 use crate::json::FieldNames;
 use crate::kafka::{Sasl, SaslMechanism, Secret, Tls, TlsFiles};
+use crate::logger::LogFilter;
 
 /// Every default in one place (the Python producer's where it had one).
 pub struct Defaults;
@@ -172,7 +173,8 @@ pub struct NewTopic {
 /// sets them at its top level, never inside `[[feed]]`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ProcessConfig {
-    pub log_level: log::LevelFilter,
+    /// `RUST_LOG`: a default level and per-target levels (env_logger's syntax).
+    pub log: LogFilter,
     /// After SIGTERM/SIGINT, how long the feeds may take to deliver what they hold.
     pub shutdown_timeout: Duration,
     /// `host:port` for the Prometheus `/metrics` and `/health` listener.
@@ -661,7 +663,7 @@ fn convert_config(raw: &Raw, positional: Vec<String>) -> Result<Command, ConfigE
 
 fn process_config(raw: &Raw, config_file: Option<String>) -> Result<ProcessConfig, ConfigError> {
     Ok(ProcessConfig {
-        log_level: raw.typed("--log-level", log::LevelFilter::Info, parse_level)?,
+        log: raw.typed("--log-level", LogFilter::default(), LogFilter::parse)?,
         shutdown_timeout: raw.typed(
             "--shutdown-timeout",
             Defaults::SHUTDOWN_TIMEOUT,
@@ -1255,16 +1257,6 @@ fn parse_names(v: &str) -> Result<FieldNames, String> {
 
 /// Accepts a plain level ("debug") or an env_logger-style filter whose bare level is taken
 /// ("info,gtfs_rt_kafka=debug" → info), so an existing RUST_LOG doesn't stop the daemon.
-fn parse_level(v: &str) -> Result<log::LevelFilter, String> {
-    let bare = v
-        .split(',')
-        .map(str::trim)
-        .find(|part| !part.contains('='))
-        .unwrap_or("info");
-    bare.parse::<log::LevelFilter>()
-        .map_err(|_| format!("{v:?} is not one of off, error, warn, info, debug, trace"))
-}
-
 pub const HELP: &str = "\
 gtfs-rt-kafka: poll a GTFS-Realtime feed, convert it to protobuf JSON, produce it to Kafka.
 
@@ -1475,9 +1467,15 @@ mod tests {
     #[test]
     fn log_levels_accept_env_logger_filters() {
         let c = run_all_with(&[], &[("RUST_LOG", "info,ureq=warn")]).unwrap();
-        assert_eq!(c.process.log_level, log::LevelFilter::Info);
+        assert_eq!(c.process.log.default, log::LevelFilter::Info);
+        assert_eq!(
+            c.process.log.targets,
+            [("ureq".to_string(), log::LevelFilter::Warn)]
+        );
         let c = run_all_with(&["--log-level", "debug"], &[("RUST_LOG", "warn")]).unwrap();
-        assert_eq!(c.process.log_level, log::LevelFilter::Debug);
+        assert_eq!(c.process.log.default, log::LevelFilter::Debug);
+        let e = run_with(&[], &[("RUST_LOG", "gtfs_rt_kafka=loud")]).unwrap_err();
+        assert_eq!(e.setting, "RUST_LOG / --log-level");
         assert!(run_with(&["--log-level", "loud"], &[]).is_err());
     }
 

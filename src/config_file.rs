@@ -1,30 +1,33 @@
-//! The multi-feed config file: the small part of TOML it needs, parsed by hand so the binary
-//! carries no TOML/serde machinery.
+//! The multi-feed config file, read with the `toml` crate (TOML 1.0/1.1: every string, number
+//! and table form a user may write), then flattened into settings as text so they go through
+//! exactly the validation of the environment and flags.
 //!
-//! Top-level `key = value` pairs are defaults for every feed; each `[[feed]]` table is one
-//! feed. Keys are the environment variable names in lower case (`vehicle_url`,
-//! `kafka_topic`, `poll_interval`, …) and go through the same validation as env and flags.
-//! Values: "strings" (with \" \\ \n \t escapes), integers, floats, true/false.
+//! Top-level keys are defaults for every feed. Feeds are `[[feed]]` tables (or `feed = [{…}]`),
+//! or named tables `[feed.NAME]`, whose name is the feed's `source_id` unless it sets one. Keys
+//! are the environment variable names, case-insensitive (`kafka_topic`, `KAFKA_TOPIC`).
+//! Values: strings, integers (`16_777_216`, `0x10`), floats, booleans.
 
 use std::fmt;
+
+use toml::{Table, Value};
 
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct ConfigFile {
     /// Top-level settings: defaults for every feed.
     pub defaults: Vec<(String, String)>,
-    /// One settings table per `[[feed]]`.
+    /// One settings table per feed, in file order.
     pub feeds: Vec<Vec<(String, String)>>,
 }
 
+/// Why the file was refused: TOML's own message (with line and column), or which key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ParseError {
-    pub line: usize,
     pub reason: String,
 }
 
 impl fmt::Display for ParseError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "line {}: {}", self.line, self.reason)
+        f.write_str(&self.reason)
     }
 }
 
@@ -41,93 +44,131 @@ impl ConfigFile {
 fn lookup<'a>(pairs: &'a [(String, String)], key: &str) -> Option<&'a str> {
     pairs
         .iter()
-        .rev()
         .find(|(k, _)| k == key)
         .map(|(_, v)| v.as_str())
 }
 
-impl ConfigFile {}
+fn error(reason: String) -> ParseError {
+    ParseError { reason }
+}
 
 pub fn parse(text: &str) -> Result<ConfigFile, ParseError> {
+    let table: Table = text
+        .parse()
+        .map_err(|e: toml::de::Error| error(one_line(&e.to_string())))?;
     let mut file = ConfigFile::default();
-    for (i, raw) in text.lines().enumerate() {
-        let line = i + 1;
-        let err = |reason: String| ParseError { line, reason };
-        let trimmed = raw.trim();
-        if trimmed.is_empty() || trimmed.starts_with('#') {
-            continue;
+    for (key, value) in &table {
+        if key.eq_ignore_ascii_case("feed") {
+            file.feeds = feeds(value)?;
+        } else {
+            push(&mut file.defaults, key, value, "the top level")?;
         }
-        if trimmed.starts_with('[') {
-            if strip_comment(trimmed).trim() != "[[feed]]" {
-                return Err(err(format!("{trimmed:?}: the only table is [[feed]]")));
-            }
-            file.feeds.push(Vec::new());
-            continue;
-        }
-        let (key, value) = trimmed
-            .split_once('=')
-            .ok_or_else(|| err(format!("{trimmed:?} is not `key = value`")))?;
-        let key = key.trim();
-        if key.is_empty() || !key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-            return Err(err(format!(
-                "{key:?} is not a setting name like kafka_topic"
-            )));
-        }
-        let value = parse_value(value.trim()).map_err(err)?;
-        let table = match file.feeds.last_mut() {
-            Some(feed) => feed,
-            None => &mut file.defaults,
-        };
-        if table.iter().any(|(k, _)| k == key) {
-            return Err(err(format!("{key} is set twice in the same table")));
-        }
-        table.push((key.to_string(), value));
     }
     Ok(file)
 }
 
-fn parse_value(v: &str) -> Result<String, String> {
-    if let Some(rest) = v.strip_prefix('"') {
-        return parse_string(rest);
-    }
-    let bare = strip_comment(v).trim();
-    let is_number = bare.parse::<f64>().is_ok() && !bare.is_empty();
-    if bare == "true" || bare == "false" || is_number {
-        return Ok(bare.to_string());
-    }
-    Err(format!(
-        "{v:?} is not a \"string\", a number, true or false"
-    ))
-}
-
-/// The rest of a basic string after its opening quote; only a comment may follow it.
-fn parse_string(rest: &str) -> Result<String, String> {
-    let mut out = String::new();
-    let mut chars = rest.char_indices();
-    while let Some((i, c)) = chars.next() {
-        match c {
-            '"' => {
-                let after = strip_comment(&rest[i + 1..]).trim();
-                if !after.is_empty() {
-                    return Err(format!("unexpected {after:?} after the string"));
-                }
-                return Ok(out);
+/// `[[feed]]` / `feed = [{…}]` (an array of tables) or `[feed.NAME]` (a table of tables).
+fn feeds(value: &Value) -> Result<Vec<Vec<(String, String)>>, ParseError> {
+    let mut out = Vec::new();
+    match value {
+        Value::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                let Value::Table(t) = item else {
+                    return Err(error(format!(
+                        "feed #{} is not a table: write [[feed]] sections",
+                        i + 1
+                    )));
+                };
+                out.push(settings(t, &format!("[[feed]] #{}", i + 1))?);
             }
-            '\\' => match chars.next().map(|(_, e)| e) {
-                Some('"') => out.push('"'),
-                Some('\\') => out.push('\\'),
-                Some('n') => out.push('\n'),
-                Some('t') => out.push('\t'),
-                other => return Err(format!("unsupported escape \\{}", other.unwrap_or(' '))),
-            },
-            c => out.push(c),
+        }
+        Value::Table(named) => {
+            for (name, item) in named {
+                let Value::Table(t) = item else {
+                    return Err(error(format!(
+                        "feed.{name} is not a table: write [feed.{name}] sections, or [[feed]]"
+                    )));
+                };
+                let mut pairs = settings(t, &format!("[feed.{name}]"))?;
+                if lookup(&pairs, "source_id").is_none() {
+                    pairs.push(("source_id".to_string(), name.clone()));
+                }
+                out.push(pairs);
+            }
+        }
+        _ => {
+            return Err(error(
+                "feed must be [[feed]] tables or [feed.NAME] tables".to_string(),
+            ))
         }
     }
-    Err("unterminated string".to_string())
+    Ok(out)
 }
 
-fn strip_comment(v: &str) -> &str {
-    v.split_once('#').map_or(v, |(head, _)| head)
+fn settings(table: &Table, place: &str) -> Result<Vec<(String, String)>, ParseError> {
+    let mut pairs = Vec::new();
+    for (key, value) in table {
+        push(&mut pairs, key, value, place)?;
+    }
+    Ok(pairs)
+}
+
+/// One `key = value` as setting text; the same key twice (in two spellings) is an error.
+fn push(
+    pairs: &mut Vec<(String, String)>,
+    key: &str,
+    value: &Value,
+    place: &str,
+) -> Result<(), ParseError> {
+    let name = key.to_ascii_lowercase();
+    if lookup(pairs, &name).is_some() {
+        return Err(error(format!("{key} is set twice in {place}")));
+    }
+    let text = match value {
+        Value::String(s) => s.clone(),
+        Value::Integer(n) => n.to_string(),
+        Value::Float(f) if f.is_finite() => f.to_string(),
+        Value::Boolean(b) => b.to_string(),
+        Value::Float(f) => {
+            return Err(error(format!(
+                "{key} in {place}: {f} is not a finite number"
+            )))
+        }
+        Value::Table(_) => {
+            return Err(error(format!(
+                "unknown setting {key:?} in {place}: a table (or dotted key) is not a setting; \
+                 only feed.NAME tables are known"
+            )))
+        }
+        Value::Array(_) | Value::Datetime(_) => {
+            return Err(error(format!(
+                "{key} in {place}: write the value as a string or a number"
+            )))
+        }
+    };
+    pairs.push((name, text));
+    Ok(())
+}
+
+/// TOML's message spans several lines (a source excerpt); one log line keeps the first and
+/// the caret's note.
+fn one_line(message: &str) -> String {
+    let lines: Vec<&str> = message
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    let head = lines.first().copied().unwrap_or("invalid TOML");
+    let detail = lines
+        .iter()
+        .rev()
+        .find(|l| !l.starts_with('|') && !l.contains(" | ") && !l.starts_with("-->"))
+        .copied()
+        .filter(|l| *l != head);
+    match detail {
+        Some(d) => format!("{head}: {d}"),
+        None => head.to_string(),
+    }
 }
 
 #[cfg(test)]
@@ -165,26 +206,59 @@ create_topic = true
         assert_eq!(file.get(1, "mode"), None);
     }
 
+    /// Files a user may write, each with the meaning TOML gives it.
     #[test]
-    fn errors_name_the_line() {
-        let check = |text: &str, line: usize, reason: &str| {
-            let e = parse(text).unwrap_err();
-            assert_eq!(e.line, line, "{e}");
-            assert!(e.reason.contains(reason), "{e}");
+    fn every_toml_form_of_a_value_or_table() {
+        let check = |text: &str, key: &str, expected: &str| {
+            let file = parse(text).unwrap_or_else(|e| panic!("{text}: {e}"));
+            assert_eq!(file.get(0, key), Some(expected), "{text}");
         };
-        check("[feed]\n", 1, "the only table is [[feed]]");
-        check("a = 1\nb\n", 2, "is not `key = value`");
-        check("a = yes\n", 1, "is not a \"string\"");
-        check("a = \"open\n", 1, "unterminated");
-        check("a = \"x\" y\n", 1, "after the string");
-        check("a = \"\\q\"\n", 1, "unsupported escape");
-        check("[[feed]]\na = 1\na = 2\n", 3, "set twice");
-        check("my-key = 1\n", 1, "not a setting name");
+        check(
+            "[[feed]]\nkafka_topic = 'literal'\n",
+            "kafka_topic",
+            "literal",
+        );
+        check("[[feed]]\nx = \"\"\"\nmulti\"\"\"\n", "x", "multi");
+        check("[[feed]]\nx = '''C:\\raw'''\n", "x", "C:\\raw");
+        check(
+            "[[feed]]\nqueue_max_bytes = 16_777_216\n",
+            "queue_max_bytes",
+            "16777216",
+        );
+        check(
+            "[[feed]]\nqueue_max_bytes = 0x100\n",
+            "queue_max_bytes",
+            "256",
+        );
+        check("[[feed]]\nx = \"caf\\u00e9\"\n", "x", "café");
+        check("[[feed]]\n\"kafka_topic\" = \"q\"\n", "kafka_topic", "q");
+        check("[[feed]]\nKAFKA_TOPIC = \"u\"\n", "kafka_topic", "u");
+        check("[[ feed ]]\nx = 1\n", "x", "1");
+        check("feed = [{ x = 2 }]\n", "x", "2");
+        check("[feed.toei]\nx = 3\n", "source_id", "toei");
+        check("[feed.toei]\nsource_id = \"own\"\n", "source_id", "own");
+        check("poll_interval = 0.5\n[[feed]]\n", "poll_interval", "0.5");
+        check("[[feed]]\nx = 1e3\n", "x", "1000");
     }
 
     #[test]
-    fn escapes() {
-        let file = parse(r#"a = "say \"hi\"\\n\t""#).unwrap();
-        assert_eq!(file.get(0, "a"), Some("say \"hi\"\\n\t"));
+    fn invalid_files_are_refused_naming_the_line_or_key() {
+        let check = |text: &str, reason: &str| {
+            let e = parse(text).unwrap_err();
+            assert!(e.reason.contains(reason), "{text:?}: {e}");
+            assert_eq!(e.reason.lines().count(), 1, "{e}");
+        };
+        check("[[feed]]\nmode = entity\n", "line 2");
+        check("x = .5\n", "line 1");
+        check("x = 007\n", "line 1");
+        check("x = 5.\n", "line 1");
+        check("x = nan\n[[feed]]\n", "not a finite number");
+        check("x = \"a\u{1}b\"\n", "line 1");
+        check("[[feed]]\na = 1\na = 2\n", "line 3");
+        check("[[feed]]\na = 1\nA = 2\n", "set twice");
+        check("[other]\nx = 1\n", "unknown setting \"other\"");
+        check("kafka.topic = \"x\"\n", "unknown setting \"kafka\"");
+        check("x = [1, 2]\n", "string or a number");
+        check("feed = 3\n", "feed must be");
     }
 }

@@ -135,6 +135,14 @@ impl FeedLoop {
                 Order::Stop { deadline } => return self.finish(deadline),
                 Order::Retire => return self.retire(),
             }
+            if self.outbox.sink_closed() {
+                log::error!(
+                    "{}stdout was closed by its reader: this feed stops, and the process with it",
+                    self.tag
+                );
+                self.status.update(|s| s.fatal = true);
+                return self.finish(Instant::now());
+            }
             if self.once && self.polled_once {
                 // `--once` already spent its delivery budget on the poll.
                 return self.finish(Instant::now());

@@ -15,6 +15,7 @@ pub mod fetch;
 pub mod json;
 pub mod kafka;
 pub mod limits;
+pub mod logger;
 pub mod metrics;
 pub mod notify;
 pub mod outbox;

@@ -13,6 +13,7 @@ use gtfs_rt_kafka::config::{
 };
 use gtfs_rt_kafka::feed_loop::FeedLoop;
 use gtfs_rt_kafka::json::{transcode_feed, Envelope};
+use gtfs_rt_kafka::logger::{self, LogFilter};
 use gtfs_rt_kafka::notify::Notifier;
 use gtfs_rt_kafka::signals::Signals;
 use gtfs_rt_kafka::sink::{KafkaSink, Sink, StdoutSink};
@@ -49,7 +50,7 @@ fn main() -> ExitCode {
 /// The daemon: a supervisor and one loop per feed (one from env/flags, or several from
 /// `--config`).
 fn run(run: RunConfig) -> ExitCode {
-    init_logging(run.process.log_level);
+    init_logging(&run.process.log);
     let mut signals = match Signals::install() {
         Ok(s) => s,
         Err(e) => {
@@ -75,7 +76,9 @@ fn run(run: RunConfig) -> ExitCode {
     let env = |name: &str| std::env::var(name).ok();
     let notifier = Notifier::from_env(&env);
     match supervisor::run(run, &mut signals, &notifier, reload) {
-        Ok(outcome) if once && !outcome.all_ok => ExitCode::from(EXIT_FAILED),
+        Ok(outcome) if outcome.sink_closed || (once && !outcome.all_ok) => {
+            ExitCode::from(EXIT_FAILED)
+        }
         Ok(_) => ExitCode::SUCCESS,
         Err(e) => {
             log::error!("{e}");
@@ -86,7 +89,7 @@ fn run(run: RunConfig) -> ExitCode {
 
 /// `replay FILES…|DIR`: same document rules and sink as a run; no spool, metrics or skipping.
 fn replay(process: &ProcessConfig, config: &Config, inputs: &[String]) -> ExitCode {
-    init_logging(process.log_level);
+    init_logging(&process.log);
     let files = match replay_files(inputs) {
         Ok(f) => f,
         Err(e) => {
@@ -158,19 +161,8 @@ fn replay_files(inputs: &[String]) -> std::io::Result<Vec<std::path::PathBuf>> {
 }
 
 /// Logs go to stderr so `--sink stdout` and `convert` keep stdout for documents only.
-/// The HTTP stack logs full request URLs (with API keys in the query) at debug, so its
-/// crates are capped at info whatever the level: no secret reaches a log line.
-fn init_logging(level: log::LevelFilter) {
-    let quiet = level.min(log::LevelFilter::Info);
-    let logger = simple_logger::SimpleLogger::new()
-        .with_level(level)
-        .with_module_level("ureq", quiet)
-        .with_module_level("ureq_proto", quiet)
-        .with_module_level("rustls", quiet)
-        .with_utc_timestamps();
-    if logger.init().is_err() {
-        eprintln!("gtfs-rt-kafka: logger already initialised");
-    }
+fn init_logging(filter: &LogFilter) {
+    logger::init(filter.clone());
 }
 
 fn convert(c: &ConvertConfig) -> ExitCode {

@@ -40,6 +40,8 @@ pub struct Outbox {
     last_delivery_unix: Option<f64>,
     /// "[source_id] " in front of log lines when several feeds share the process.
     tag: String,
+    /// The sink can never take anything again (stdout's reader is gone).
+    closed: bool,
 }
 
 impl Outbox {
@@ -62,6 +64,7 @@ impl Outbox {
             retry_batch: None,
             last_delivery_unix: None,
             tag,
+            closed: false,
         };
         if let Some(dir) = spool_dir {
             let (spool, recovered) = Spool::open(dir)?;
@@ -142,6 +145,11 @@ impl Outbox {
             .filter_map(|i| self.queue.get(i))
             .filter(|s| !s.spooled)
             .count()
+    }
+
+    /// Whether the sink is gone for good (stdout closed by its reader).
+    pub fn sink_closed(&self) -> bool {
+        self.closed
     }
 
     pub fn last_delivery_unix(&self) -> Option<f64> {
@@ -225,6 +233,7 @@ impl Outbox {
             self.retry_batch = None;
             return Ok(sent);
         };
+        self.closed |= e.output_closed();
         let unacked = batch.len() - acked.len();
         if e.rejects_data() && unacked == 1 {
             let refused = batch

@@ -57,6 +57,11 @@ const RECORD_LIST_TOO_LARGE: i16 = 18;
 const INVALID_RECORD: i16 = 87;
 
 impl SinkError {
+    /// The reader of stdout went away (`| head`): nothing sent there can ever arrive again.
+    pub fn output_closed(&self) -> bool {
+        matches!(self, SinkError::Stdout(e) if e.kind() == std::io::ErrorKind::BrokenPipe)
+    }
+
     /// The broker refused these bytes themselves (size, format): resending them can never
     /// work, unlike an outage or a permission that an operator may still fix.
     pub fn rejects_data(&self) -> bool {

@@ -86,6 +86,8 @@ pub struct FeedStatus {
     pub last_ok: bool,
     /// The loop has ended and its counters are final.
     pub finished: bool,
+    /// The loop ended because its sink is gone for good; the process should stop.
+    pub fatal: bool,
 }
 
 impl FeedStatus {
@@ -104,6 +106,7 @@ impl FeedStatus {
             last_line: None,
             last_ok: false,
             finished: false,
+            fatal: false,
         }
     }
 

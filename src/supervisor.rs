@@ -69,6 +69,8 @@ pub type Reload = Box<dyn Fn() -> Result<RunConfig, ConfigError>>;
 pub struct Outcome {
     /// Every feed's last poll was delivered and nothing was left unsent (for `--once`).
     pub all_ok: bool,
+    /// A feed's sink is gone for good (stdout closed): the run could not go on.
+    pub sink_closed: bool,
 }
 
 /// A feed loop on its thread.
@@ -199,6 +201,9 @@ impl Supervisor<'_> {
             }
             self.tend();
             if self.process.once && self.feeds.iter().all(|f| f.status.get().finished) {
+                break;
+            }
+            if self.feeds.iter().any(|f| f.status.get().fatal) {
                 break;
             }
             self.notify();
@@ -389,6 +394,7 @@ impl Supervisor<'_> {
             std::thread::sleep(Duration::from_millis(10));
         }
         let mut all_ok = true;
+        let mut sink_closed = false;
         for r in everyone {
             let status = r.status.get();
             if !status.finished {
@@ -404,6 +410,7 @@ impl Supervisor<'_> {
                 );
             }
             all_ok &= status.finished && status.last_ok;
+            sink_closed |= status.fatal;
             let stats: Stats = status.final_stats();
             log::info!("{}stopped: {stats}", r.tag);
         }
@@ -416,7 +423,10 @@ impl Supervisor<'_> {
                 }
             }
         }
-        Outcome { all_ok }
+        Outcome {
+            all_ok,
+            sink_closed,
+        }
     }
 }
 

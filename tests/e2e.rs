@@ -331,6 +331,12 @@ fn systemd_notify_protocol() {
         messages.push(String::from_utf8_lossy(&buf[..n]).to_string());
     }
     assert!(started.elapsed() < Duration::from_secs(5), "{messages:?}");
+    // At a calm rate: half the watchdog timeout apart, not every loop turn.
+    assert!(
+        started.elapsed() >= Duration::from_millis(1400),
+        "4 pings in {:?}",
+        started.elapsed()
+    );
     signal(child.id(), "TERM");
     let status = wait_timeout(&mut child, Duration::from_secs(5)).expect("did not exit");
     assert_eq!(status.code(), Some(0));

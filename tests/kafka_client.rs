@@ -40,9 +40,10 @@ fn init_logging() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         if std::env::var("GRK_TEST_LOG").as_deref() == Ok("1") {
-            let _ = simple_logger::SimpleLogger::new()
-                .with_level(log::LevelFilter::Debug)
-                .init();
+            gtfs_rt_kafka::logger::init(gtfs_rt_kafka::logger::LogFilter {
+                default: log::LevelFilter::Debug,
+                targets: Vec::new(),
+            });
         }
     });
 }
