@@ -102,6 +102,17 @@ pub enum AcksSetting {
     None,
 }
 
+impl AcksSetting {
+    /// As `KAFKA_ACKS` spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            AcksSetting::All => "all",
+            AcksSetting::Leader => "1",
+            AcksSetting::None => "0",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CompressionSetting {
     None,
@@ -109,6 +120,19 @@ pub enum CompressionSetting {
     Snappy,
     Lz4,
     Zstd,
+}
+
+impl CompressionSetting {
+    /// As `KAFKA_COMPRESSION` spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            CompressionSetting::None => "none",
+            CompressionSetting::Gzip => "gzip",
+            CompressionSetting::Snappy => "snappy",
+            CompressionSetting::Lz4 => "lz4",
+            CompressionSetting::Zstd => "zstd",
+        }
+    }
 }
 
 /// Kafka's `security.protocol`: TLS and/or SASL on every broker connection.
@@ -508,7 +532,7 @@ pub fn parse(
             inputs: positional,
         }),
         None if !positional.is_empty() => Err(usage(format!(
-            "unexpected argument {:?} (the only subcommand is `convert FILE|-`)",
+            "unexpected argument {:?} (subcommands: `convert FILE|-`, `replay FILES…|DIR`)",
             positional[0]
         ))),
         None => match raw.get("--config") {
@@ -543,9 +567,11 @@ fn run_from_file(raw: &Raw, setting: &str, path: &str) -> Result<RunConfig, Conf
         .collect();
     let all_keys = file.defaults.iter().chain(file.feeds.iter().flatten());
     if let Some((key, _)) = all_keys.clone().find(|(k, _)| !known.contains(k)) {
-        return Err(file_error(format!(
-            "unknown setting {key:?} (keys are the environment variable names in lower case)"
-        )));
+        let hint = match closest_setting(key) {
+            Some(k) => format!("did you mean {}?", k.to_ascii_lowercase()),
+            None => "keys are the environment variable names".to_string(),
+        };
+        return Err(file_error(format!("unknown setting {key:?} ({hint})")));
     }
     for (index, feed) in file.feeds.iter().enumerate() {
         if let Some((key, _)) = feed
@@ -617,6 +643,63 @@ fn run_from_file(raw: &Raw, setting: &str, path: &str) -> Result<RunConfig, Conf
     })
 }
 
+/// Every environment variable this program reads.
+fn known_env_names() -> Vec<&'static str> {
+    SETTINGS
+        .iter()
+        .filter_map(|s| s.env)
+        .chain(KAFKA_PROPERTIES.iter().map(|(_, env)| *env))
+        .chain([
+            "KAFKA_SASL_PASSWORD_FILE",
+            "FEED_API_KEY",
+            "STATE_DIRECTORY",
+            "NOTIFY_SOCKET",
+            "WATCHDOG_USEC",
+            "WATCHDOG_PID",
+        ])
+        .collect()
+}
+
+/// The known name closest to `name` when it is a likely typo of it (a letter or two off).
+pub fn closest_setting(name: &str) -> Option<&'static str> {
+    let upper = name.to_ascii_uppercase();
+    let allowed = if upper.len() >= 8 { 2 } else { 1 };
+    known_env_names()
+        .into_iter()
+        .map(|known| (edit_distance(&upper, known), known))
+        // Distance 0 here is the right name in the wrong case (`kafka_topic`): still a typo
+        // for the environment, which is case-sensitive.
+        .filter(|(d, known)| *d <= allowed && name != *known)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, known)| known)
+}
+
+/// Environment variables that look like ours but aren't (`KAFKA_BROKERS`, `POLL_INTERVALL`),
+/// each with the name it probably meant: for one warning line each.
+pub fn lookalike_env(names: impl Iterator<Item = String>) -> Vec<(String, &'static str)> {
+    let known = known_env_names();
+    names
+        .filter(|n| !known.contains(&n.as_str()))
+        .filter_map(|n| closest_setting(&n).map(|k| (n, k)))
+        .collect()
+}
+
+/// Levenshtein distance over bytes (names are ASCII).
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b = b.as_bytes();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.bytes().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
+            prev = cur;
+        }
+    }
+    row[b.len()]
+}
+
 fn usage(reason: String) -> ConfigError {
     ConfigError {
         setting: "usage".to_string(),
@@ -669,7 +752,14 @@ fn process_config(raw: &Raw, config_file: Option<String>) -> Result<ProcessConfi
             Defaults::SHUTDOWN_TIMEOUT,
             parse_secs,
         )?,
-        metrics_addr: raw.get("--metrics-addr").map(|(_, v)| v),
+        metrics_addr: raw.typed("--metrics-addr", None, |v| match v.rsplit_once(':') {
+            Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {
+                Ok(Some(v.to_string()))
+            }
+            _ => Err(format!(
+                "{v:?} is not HOST:PORT (e.g. 0.0.0.0:9464 or 127.0.0.1:9464)"
+            )),
+        })?,
         once: raw.has_switch("--once"),
         config_file: config_file.map(Into::into),
     })
@@ -723,11 +813,11 @@ fn run_config(raw: &Raw) -> Result<Config, ConfigError> {
     Ok(Config {
         fetch: FetchSettings {
             url,
-            timeout: raw.typed("--http-timeout", Defaults::HTTP_TIMEOUT, parse_secs)?,
+            timeout: raw.typed("--http-timeout", Defaults::HTTP_TIMEOUT, parse_timeout)?,
             connect_timeout: raw.typed(
                 "--http-connect-timeout",
                 Defaults::HTTP_CONNECT_TIMEOUT,
-                parse_secs,
+                parse_timeout,
             )?,
             max_body_bytes: raw.typed("--max-body-bytes", Defaults::MAX_BODY_BYTES, parse_bytes)?,
             max_redirects: raw.typed("--max-redirects", Defaults::MAX_REDIRECTS, |v| {
@@ -745,7 +835,7 @@ fn run_config(raw: &Raw) -> Result<Config, ConfigError> {
             request_timeout: raw.typed(
                 "--kafka-request-timeout",
                 Defaults::KAFKA_REQUEST_TIMEOUT,
-                parse_secs,
+                parse_timeout,
             )?,
             client_id: raw.string("--client-id", Defaults::CLIENT_ID),
             idempotence,
@@ -778,7 +868,7 @@ fn run_config(raw: &Raw) -> Result<Config, ConfigError> {
         delivery_timeout: raw.typed(
             "--delivery-timeout",
             Defaults::DELIVERY_TIMEOUT,
-            parse_secs,
+            parse_timeout,
         )?,
         queue_max_bytes: raw
             .typed("--queue-max-bytes", Defaults::QUEUE_MAX_BYTES, parse_bytes)?
@@ -862,6 +952,13 @@ fn secret(
             let value = text.trim_end_matches(['\n', '\r']);
             if value.is_empty() {
                 return Err(bad(format!("{path} is empty")));
+            }
+            if value.chars().any(char::is_control) {
+                // A CR/LF inside would break the request line or header on every poll.
+                return Err(bad(format!(
+                    "{path} holds a line break or control character inside the value \
+                     (one line, the secret only)"
+                )));
             }
             Ok(Some(Secret::new(value)))
         }
@@ -1105,7 +1202,7 @@ fn validate_url(url: &str) -> Result<(), String> {
     if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err("contains whitespace or control characters".to_string());
     }
-    Ok(())
+    crate::fetch::check_url(url)
 }
 
 /// "a:1,b" → ["a:1", "b:9092"]; rejects empty entries and bad ports.
@@ -1177,18 +1274,31 @@ pub fn parse_secs(v: &str) -> Result<Duration, String> {
         (n, 1.0)
     } else if let Some(n) = v.strip_suffix('m') {
         (n, 60.0)
+    } else if let Some(n) = v.strip_suffix('h') {
+        (n, 3600.0)
     } else {
         (v, 1.0)
     };
     let n: f64 = number
         .trim()
         .parse()
-        .map_err(|_| format!("{v:?} is not a number of seconds"))?;
+        .map_err(|_| {
+            format!("{v:?} is not a number of seconds (units: 500ms, 30s, 2m, 1h; a plain number is seconds)")
+        })?;
     let secs = n * scale;
     if !secs.is_finite() || !(0.0..=365.0 * 86400.0).contains(&secs) {
         return Err(format!("{v:?} is out of range (0 to one year)"));
     }
     Ok(Duration::from_secs_f64(secs))
+}
+
+/// Like `parse_secs`, for timeouts: zero would fail every attempt at once.
+fn parse_timeout(v: &str) -> Result<Duration, String> {
+    let d = parse_secs(v)?;
+    if d.is_zero() {
+        return Err(format!("{v:?}: a timeout must be more than 0"));
+    }
+    Ok(d)
 }
 
 /// Bytes with an optional binary suffix: "1048576", "512KiB", "64MiB", "1GiB" (also K/M/G).
@@ -1477,6 +1587,49 @@ mod tests {
         let e = run_with(&[], &[("RUST_LOG", "gtfs_rt_kafka=loud")]).unwrap_err();
         assert_eq!(e.setting, "RUST_LOG / --log-level");
         assert!(run_with(&["--log-level", "loud"], &[]).is_err());
+    }
+
+    #[test]
+    fn lookalike_names_are_found_with_what_they_meant() {
+        let env = [
+            "KAFKA_BROKERS",
+            "POLL_INTERVALL",
+            "kafka_topic",
+            "KAFKA_BROKER",
+            "PATH",
+            "HOME",
+            "KAFKA_HEAP_OPTS",
+            "VEHICLE_URI",
+        ]
+        .map(String::from);
+        assert_eq!(
+            lookalike_env(env.into_iter()),
+            [
+                ("KAFKA_BROKERS".to_string(), "KAFKA_BROKER"),
+                ("POLL_INTERVALL".to_string(), "POLL_INTERVAL"),
+                ("kafka_topic".to_string(), "KAFKA_TOPIC"),
+                ("VEHICLE_URI".to_string(), "VEHICLE_URL"),
+            ]
+        );
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+    }
+
+    #[test]
+    fn timeouts_of_zero_and_urls_that_cannot_work_are_refused() {
+        for (var, value) in [
+            ("HTTP_TIMEOUT", "0"),
+            ("DELIVERY_TIMEOUT", "0s"),
+            ("KAFKA_REQUEST_TIMEOUT", "0ms"),
+            ("HTTP_CONNECT_TIMEOUT", "0"),
+            ("VEHICLE_URL", "http://[::1"),
+            ("VEHICLE_URL", "http://:80/x"),
+            ("METRICS_ADDR", "19180"),
+        ] {
+            let e = run_all_with(&[], &[(var, value)]).unwrap_err();
+            assert!(e.setting.starts_with(var), "{var}={value}: {e}");
+        }
+        let c = run_with(&[], &[("POLL_INTERVAL", "1h")]).unwrap();
+        assert_eq!(c.poll_interval, Duration::from_secs(3600));
     }
 
     #[test]

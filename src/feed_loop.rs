@@ -34,6 +34,31 @@ struct FetchFailure {
     retry_after: Option<Duration>,
 }
 
+/// Why a feed could not start; `Display` names the setting to fix.
+#[derive(Debug)]
+pub enum FeedStartError {
+    Spool(SpoolError),
+    Textfile {
+        path: std::path::PathBuf,
+        cause: std::io::Error,
+    },
+}
+
+impl std::fmt::Display for FeedStartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FeedStartError::Spool(e) => write!(f, "{e} (check SPOOL_DIR / --spool-dir)"),
+            FeedStartError::Textfile { path, cause } => write!(
+                f,
+                "cannot write {}: {cause} (check METRICS_TEXTFILE / --metrics-textfile)",
+                path.display()
+            ),
+        }
+    }
+}
+
+impl std::error::Error for FeedStartError {}
+
 /// How a loop ended: its final counters and, when retired, what it hands on.
 pub struct FeedEnd {
     pub stats: Stats,
@@ -77,7 +102,7 @@ impl FeedLoop {
         tag: String,
         once: bool,
         first_poll: Instant,
-    ) -> Result<FeedLoop, SpoolError> {
+    ) -> Result<FeedLoop, FeedStartError> {
         let mut stats = Stats::default();
         let outbox = Outbox::open(
             sink,
@@ -85,9 +110,18 @@ impl FeedLoop {
             config.queue_max_bytes,
             tag.clone(),
             &mut stats,
-        )?;
+        )
+        .map_err(FeedStartError::Spool)?;
         let step_limit = config.fetch.timeout + config.delivery_timeout + STEP_SLACK;
         let status = StatusCell::new(FeedStatus::new(config.poll_interval, step_limit));
+        // An unwritable textfile is a start error, not a warning on every poll.
+        if let Some(path) = &config.metrics_textfile {
+            let views = [(config.source_id.clone(), status.get())];
+            metrics::write_textfile(path, &views).map_err(|cause| FeedStartError::Textfile {
+                path: path.clone(),
+                cause,
+            })?;
+        }
         Ok(FeedLoop {
             pipeline: Pipeline::new(&config),
             once,

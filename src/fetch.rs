@@ -207,6 +207,21 @@ impl FetchError {
     }
 }
 
+/// Whether `url` is one the HTTP client can request (host, port and brackets well formed);
+/// `file://` URLs need only a path.
+pub fn check_url(url: &str) -> Result<(), String> {
+    if url.len() >= 7 && url[..7].eq_ignore_ascii_case("file://") {
+        return Ok(());
+    }
+    let uri: ureq::http::Uri = url
+        .parse()
+        .map_err(|e| format!("is not a valid URL ({e})"))?;
+    match uri.host() {
+        Some(h) if !h.is_empty() => Ok(()),
+        _ => Err("has no host".to_string()),
+    }
+}
+
 /// Where and how one feed is fetched (its part of the feed's settings).
 #[derive(Debug, Clone, PartialEq)]
 pub struct FetchSettings {

@@ -163,6 +163,10 @@ fn replay_files(inputs: &[String]) -> std::io::Result<Vec<std::path::PathBuf>> {
 /// Logs go to stderr so `--sink stdout` and `convert` keep stdout for documents only.
 fn init_logging(filter: &LogFilter) {
     logger::init(filter.clone());
+    let names = std::env::vars_os().filter_map(|(k, _)| k.into_string().ok());
+    for (name, meant) in config::lookalike_env(names) {
+        log::warn!("environment variable {name} is not a setting (ignored): did you mean {meant}?");
+    }
 }
 
 fn convert(c: &ConvertConfig) -> ExitCode {

@@ -67,7 +67,12 @@ impl Outbox {
             closed: false,
         };
         if let Some(dir) = spool_dir {
-            let (spool, recovered) = Spool::open(dir)?;
+            // A spool file holds one snapshot, which the queue bound also bounds; twice the
+            // bound leaves room for the per-record framing.
+            let max_file = (queue_max_bytes as u64)
+                .saturating_mul(2)
+                .saturating_add(64 << 10);
+            let (spool, recovered) = Spool::open(dir, max_file)?;
             outbox.next_seq = recovered.next_seq;
             if !recovered.snapshots.is_empty() || recovered.corrupt > 0 {
                 log::info!(

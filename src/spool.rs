@@ -53,20 +53,34 @@ pub struct Recovered {
 }
 
 impl Spool {
-    /// Opens (creating if needed) the spool directory and reads what a previous run left.
-    pub fn open(dir: &Path) -> Result<(Spool, Recovered), SpoolError> {
+    /// Opens (creating if needed) the spool directory, proves it can be written (a probe file
+    /// written, synced and removed), and reads what a previous run left. Only regular files
+    /// (not symlinks, FIFOs or devices) of at most `max_file_bytes` are read; others are
+    /// reported and left alone, so no file can hang or exhaust the start.
+    pub fn open(dir: &Path, max_file_bytes: u64) -> Result<(Spool, Recovered), SpoolError> {
         let err = |cause| SpoolError {
             path: dir.to_path_buf(),
             cause,
         };
         fs::create_dir_all(dir).map_err(err)?;
+        probe(dir)?;
         let mut names: Vec<(u64, PathBuf)> = fs::read_dir(dir)
             .map_err(err)?
             .filter_map(Result::ok)
             .filter_map(|entry| {
                 let name = entry.file_name();
                 let seq = name.to_str()?.strip_suffix(SUFFIX)?.parse::<u64>().ok()?;
-                Some((seq, entry.path()))
+                // file_type does not follow symlinks.
+                match entry.file_type() {
+                    Ok(t) if t.is_file() => Some((seq, entry.path())),
+                    _ => {
+                        log::warn!(
+                            "spool: {} is not a regular file; left alone, not read",
+                            entry.path().display()
+                        );
+                        None
+                    }
+                }
             })
             .collect();
         names.sort_unstable_by_key(|(seq, _)| *seq);
@@ -75,7 +89,14 @@ impl Spool {
             ..Recovered::default()
         };
         for (seq, path) in names {
-            match fs::read(&path).ok().and_then(|bytes| parse(seq, &bytes)) {
+            let bytes = match read_bounded(&path, max_file_bytes) {
+                Ok(bytes) => bytes,
+                Err(why) => {
+                    log::warn!("spool: {} {why}; left alone, not read", path.display());
+                    continue;
+                }
+            };
+            match parse(seq, &bytes) {
                 Some(snapshot) => recovered.snapshots.push(snapshot),
                 None => {
                     log::warn!(
@@ -95,16 +116,24 @@ impl Spool {
         ))
     }
 
-    /// Writes the snapshot durably (one write, one fsync) before it is first sent.
+    /// Writes the snapshot durably (one write, one fsync) before it is first sent. A write
+    /// that fails (disk full) removes its partial file, so the next start doesn't mistake it
+    /// for a torn snapshot.
     pub fn write(&self, snapshot: &Snapshot) -> Result<(), SpoolError> {
         let path = self.path(snapshot.seq);
         let mut file = fs::File::create(&path).map_err(|cause| SpoolError {
             path: path.clone(),
             cause,
         })?;
-        file.write_all(&encode(snapshot))
-            .and_then(|_| file.sync_data())
-            .map_err(|cause| SpoolError { path, cause })
+        let written = file
+            .write_all(&encode(snapshot))
+            .and_then(|_| file.sync_data());
+        if let Err(cause) = written {
+            drop(file);
+            let _ = fs::remove_file(&path);
+            return Err(SpoolError { path, cause });
+        }
+        Ok(())
     }
 
     /// Removes an acknowledged or dropped snapshot's file. No fsync: a file that comes back
@@ -133,6 +162,48 @@ impl Spool {
     fn path(&self, seq: u64) -> PathBuf {
         self.dir.join(format!("{seq:020}{SUFFIX}"))
     }
+}
+
+/// Proves `dir` takes a durable write: a read-only or full spool is a start error, not an
+/// error on every poll.
+fn probe(dir: &Path) -> Result<(), SpoolError> {
+    let path = dir.join(".write-probe");
+    let result = fs::File::create(&path).and_then(|mut f| {
+        f.write_all(b"probe")?;
+        f.sync_data()
+    });
+    let _ = fs::remove_file(&path);
+    result.map_err(|cause| SpoolError {
+        path: dir.to_path_buf(),
+        cause,
+    })
+}
+
+/// The file's bytes when it is a regular file of at most `max` bytes (checked on the open
+/// handle, and never reading more than `max` + 1 bytes).
+fn read_bounded(path: &Path, max: u64) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    let file = fs::File::open(path).map_err(|e| format!("cannot be read ({e})"))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| format!("cannot be read ({e})"))?;
+    if !meta.is_file() {
+        return Err("is not a regular file".to_string());
+    }
+    if meta.len() > max {
+        return Err(format!(
+            "is {} bytes, more than QUEUE_MAX_BYTES ({max})",
+            meta.len()
+        ));
+    }
+    let mut bytes = Vec::new();
+    file.take(max.saturating_add(1))
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("cannot be read ({e})"))?;
+    if bytes.len() as u64 > max {
+        return Err(format!("grew past QUEUE_MAX_BYTES ({max}) while read"));
+    }
+    Ok(bytes)
 }
 
 fn encode(snapshot: &Snapshot) -> Vec<u8> {
@@ -228,7 +299,7 @@ mod tests {
     #[test]
     fn keyed_records_survive_the_round_trip() {
         let dir = temp_dir("keyed");
-        let (spool, _) = Spool::open(&dir).unwrap();
+        let (spool, _) = Spool::open(&dir, 1 << 30).unwrap();
         let mut s = Snapshot::new(
             7,
             b"k1{\"a\":1}{\"b\":2}".to_vec(),
@@ -246,7 +317,7 @@ mod tests {
         );
         spool.write(&s).unwrap();
         s.spooled = true;
-        let (_, recovered) = Spool::open(&dir).unwrap();
+        let (_, recovered) = Spool::open(&dir, 1 << 30).unwrap();
         assert_eq!(recovered.snapshots, vec![s.clone()]);
         assert_eq!(
             recovered.snapshots[0].record(0),
@@ -258,7 +329,7 @@ mod tests {
     #[test]
     fn round_trip_in_order_and_remove() {
         let dir = temp_dir("rt");
-        let (spool, recovered) = Spool::open(&dir).unwrap();
+        let (spool, recovered) = Spool::open(&dir, 1 << 30).unwrap();
         assert!(recovered.snapshots.is_empty());
         assert_eq!(recovered.next_seq, 1);
         for seq in [3, 1, 2] {
@@ -267,7 +338,7 @@ mod tests {
                 .unwrap();
         }
         spool.remove(2);
-        let (_, recovered) = Spool::open(&dir).unwrap();
+        let (_, recovered) = Spool::open(&dir, 1 << 30).unwrap();
         assert_eq!(
             recovered.snapshots,
             vec![snap(1, "{\"n\":1}"), snap(3, "{\"n\":3}")]
@@ -280,7 +351,7 @@ mod tests {
     #[test]
     fn torn_and_corrupt_files_are_skipped_not_fatal() {
         let dir = temp_dir("torn");
-        let (spool, _) = Spool::open(&dir).unwrap();
+        let (spool, _) = Spool::open(&dir, 1 << 30).unwrap();
         for seq in 1..=4 {
             spool.write(&snap(seq, "{\"document\":true}")).unwrap();
         }
@@ -295,7 +366,7 @@ mod tests {
         fs::write(&p3, &bytes).unwrap();
         fs::write(dir.join(format!("{:020}.snap", 4)), b"").unwrap();
         fs::write(dir.join("unrelated.txt"), b"left alone").unwrap();
-        let (_, recovered) = Spool::open(&dir).unwrap();
+        let (_, recovered) = Spool::open(&dir, 1 << 30).unwrap();
         assert_eq!(recovered.snapshots.len(), 1);
         assert_eq!(recovered.snapshots[0].seq, 1);
         assert_eq!(recovered.corrupt, 3);
@@ -303,5 +374,38 @@ mod tests {
         assert!(dir.join("unrelated.txt").exists());
         assert!(!p2.exists() && !p3.exists());
         fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn only_plausible_regular_files_are_read_at_start() {
+        let dir = temp_dir("hostile");
+        {
+            let (spool, _) = Spool::open(&dir, 1 << 20).unwrap();
+            spool.write(&snap(1, "{\"ok\":1}")).unwrap();
+        }
+        let name = |seq: u64| dir.join(format!("{seq:020}{SUFFIX}"));
+        // A FIFO (reading it would block forever), a symlink to an endless device, a sparse
+        // file far larger than the bound (reading it would exhaust memory).
+        let fifo = std::process::Command::new("mkfifo").arg(name(2)).status();
+        assert!(fifo.unwrap().success());
+        std::os::unix::fs::symlink("/dev/zero", name(3)).unwrap();
+        let sparse = fs::File::create(name(4)).unwrap();
+        sparse.set_len(3 << 30).unwrap();
+        let (_, recovered) = Spool::open(&dir, 1 << 20).unwrap();
+        assert_eq!(recovered.snapshots.len(), 1);
+        assert_eq!(recovered.snapshots[0].seq, 1);
+        assert_eq!(recovered.corrupt, 0);
+        // Left alone for the operator, not deleted.
+        assert!(name(2).exists() && name(4).exists());
+        fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn an_unwritable_spool_is_refused_at_open() {
+        let file = temp_dir("not-a-dir").with_extension("file");
+        fs::write(&file, b"x").unwrap();
+        assert!(Spool::open(&file.join("spool"), 1 << 20).is_err());
+        assert!(Spool::open(Path::new("/proc/self/grk-spool"), 1 << 20).is_err());
+        fs::remove_file(&file).ok();
     }
 }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::{Config, ConfigError, ProcessConfig, RunConfig, SinkKind};
 use crate::control::{FeedControl, Order};
-use crate::feed_loop::{FeedEnd, FeedLoop};
+use crate::feed_loop::{FeedEnd, FeedLoop, FeedStartError};
 use crate::limits;
 use crate::metrics::MetricsServer;
 use crate::notify::Notifier;
@@ -20,7 +20,6 @@ use crate::queue::Snapshot;
 use crate::schedule::phase;
 use crate::signals::Signals;
 use crate::sink::{Clusters, KafkaSink, Sink, StdoutSink};
-use crate::spool::SpoolError;
 use crate::stats::{Board, Stats, StatusCell};
 
 /// The longest the supervisor waits between looks at its feeds (reloads, retirements).
@@ -38,7 +37,7 @@ const FEED_STACK: usize = 1024 * 1024;
 /// Why the process could not start; `Display` names the setting to fix.
 #[derive(Debug)]
 pub enum StartError {
-    Spool { feed: String, error: SpoolError },
+    Feed { feed: String, error: FeedStartError },
     Metrics { addr: String, cause: std::io::Error },
     Limits(limits::LimitError),
     Thread(std::io::Error),
@@ -47,9 +46,7 @@ pub enum StartError {
 impl fmt::Display for StartError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            StartError::Spool { feed, error } => {
-                write!(f, "feed {feed}: {error} (check SPOOL_DIR / --spool-dir)")
-            }
+            StartError::Feed { feed, error } => write!(f, "feed {feed}: {error}"),
             StartError::Metrics { addr, cause } => write!(
                 f,
                 "cannot listen on {addr}: {cause} (check METRICS_ADDR / --metrics-addr)"
@@ -173,7 +170,7 @@ impl Supervisor<'_> {
             SinkKind::Stdout => Box::new(StdoutSink::new(std::io::stdout())),
         };
         FeedLoop::new(config.clone(), sink, tag, self.process.once, first_poll).map_err(|error| {
-            StartError::Spool {
+            StartError::Feed {
                 feed: config.source_id.clone(),
                 error,
             }
@@ -483,11 +480,11 @@ pub fn sink_target(config: &Config) -> String {
     match config.sink {
         SinkKind::Stdout => "stdout".to_string(),
         SinkKind::Kafka => format!(
-            "kafka {} topic {} (acks {:?}, compression {:?}, {}{})",
+            "kafka {} topic {} (acks={}, compression={}, {}{})",
             config.kafka.bootstrap.join(","),
             config.kafka.topic,
-            config.kafka.acks,
-            config.kafka.compression,
+            config.kafka.acks.name(),
+            config.kafka.compression.name(),
             config.kafka.security_protocol.name(),
             match &config.kafka.sasl {
                 Some(sasl) => format!(" {} user {}", sasl.mechanism.name(), sasl.username),

@@ -104,3 +104,143 @@ fn config_and_broker_text_cannot_forge_log_lines() {
     );
     std::fs::remove_file(&path).ok();
 }
+
+/// Runs the binary with `args` and `env` until it exits (at most 10 s): (code, stderr).
+fn run(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let mut command = Command::new(BIN);
+    command.args(args).stdout(Stdio::null());
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    let mut daemon = Daemon::spawn(command);
+    let status = wait_timeout(&mut daemon.child, Duration::from_secs(10))
+        .unwrap_or_else(|| panic!("still running:\n{}", daemon.log()));
+    std::thread::sleep(Duration::from_millis(100));
+    (status.code(), daemon.log())
+}
+
+#[test]
+fn unwritable_spool_and_textfile_paths_are_start_errors() {
+    let url = file_url();
+    let base = ["--once", "--sink", "stdout", "--vehicle-url", url.as_str()];
+    let (code, log) = run(
+        &[&base[..], &["--spool-dir", "/proc/self/grk-spool"]].concat(),
+        &[],
+    );
+    assert_eq!(code, Some(2), "{log}");
+    assert!(log.contains("check SPOOL_DIR / --spool-dir"), "{log}");
+    assert!(!log.contains("poll ok"), "{log}");
+    let (code, log) = run(
+        &[
+            &base[..],
+            &["--metrics-textfile", "/nonexistent/dir/m.prom"],
+        ]
+        .concat(),
+        &[],
+    );
+    assert_eq!(code, Some(2), "{log}");
+    assert!(
+        log.contains("check METRICS_TEXTFILE / --metrics-textfile"),
+        "{log}"
+    );
+}
+
+#[test]
+fn a_failed_spool_write_leaves_no_partial_file() {
+    let spool = std::env::temp_dir().join(format!("grk-op-efbig-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&spool);
+    // A file-size limit of 4 KiB (ulimit counts 512-byte blocks in sh): the write probe fits,
+    // the ~100 KB snapshot does not (EFBIG; SIGXFSZ is caught, not fatal).
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(
+            "ulimit -f 8; exec \"$0\" --once --sink stdout --vehicle-url \"$1\" --spool-dir \"$2\"",
+        )
+        .arg(BIN)
+        .arg(file_url())
+        .arg(&spool)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains("kept in memory only"), "{err}");
+    let left: Vec<_> = std::fs::read_dir(&spool)
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| e.path().is_file())
+        .collect();
+    assert!(left.is_empty(), "partial spool files left: {left:?}");
+    std::fs::remove_dir_all(&spool).ok();
+}
+
+#[test]
+fn settings_that_look_like_ours_warn_and_ones_that_cannot_work_exit_2() {
+    let url = file_url();
+    let (code, log) = run(
+        &["--once", "--sink", "stdout", "--vehicle-url", &url],
+        &[("KAFKA_BROKERS", "x:1"), ("POLL_INTERVALL", "5")],
+    );
+    assert_eq!(code, Some(0), "{log}");
+    assert!(
+        log.contains("KAFKA_BROKERS is not a setting (ignored): did you mean KAFKA_BROKER?"),
+        "{log}"
+    );
+    assert!(log.contains("did you mean POLL_INTERVAL?"), "{log}");
+    for (var, value, expected) in [
+        ("HTTP_TIMEOUT", "0", "a timeout must be more than 0"),
+        ("DELIVERY_TIMEOUT", "0", "a timeout must be more than 0"),
+        (
+            "KAFKA_REQUEST_TIMEOUT",
+            "0",
+            "a timeout must be more than 0",
+        ),
+        ("VEHICLE_URL", "http://[::1", "is not a valid URL"),
+        ("KAFKA_TOPIC", "", "empty"),
+        ("METRICS_ADDR", "19180", "is not HOST:PORT"),
+        ("POLL_INTERVAL", "soon", "units: 500ms, 30s, 2m, 1h"),
+        ("RUST_LOG", "gtfs_rt_kafka=loud", "TARGET=LEVEL"),
+    ] {
+        let out = Command::new(BIN).env(var, value).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{var}={value}: {err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(
+            err.contains(var) && err.contains(expected),
+            "{var}={value}: {err}"
+        );
+    }
+    // An API key file with a line break inside the value.
+    let key = std::env::temp_dir().join(format!("grk-op-key-{}", std::process::id()));
+    std::fs::write(&key, "abc\r\ndef\n").unwrap();
+    let out = Command::new(BIN)
+        .env("FEED_API_KEY_FILE", &key)
+        .env("FEED_API_KEY_PARAM", "key")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("FEED_API_KEY_FILE") && err.contains("line break"),
+        "{err}"
+    );
+    assert!(!err.contains("abc"), "the key leaked: {err}");
+    std::fs::remove_file(&key).ok();
+}
+
+#[test]
+fn rust_log_takes_env_logger_filters() {
+    let url = file_url();
+    let (code, log) = run(
+        &["--once", "--sink", "stdout", "--vehicle-url", &url],
+        &[("RUST_LOG", "warn,gtfs_rt_kafka::pipeline=debug")],
+    );
+    assert_eq!(code, Some(0), "{log}");
+    assert!(
+        log.contains("DEBUG [gtfs_rt_kafka::pipeline] decoded"),
+        "{log}"
+    );
+    assert!(
+        !log.contains("poll ok"),
+        "info of other targets shown:\n{log}"
+    );
+}
