@@ -24,6 +24,8 @@ pub mod queue;
 pub mod schedule;
 pub mod secret;
 pub mod signals;
+#[cfg(test)]
+mod sim;
 pub mod sink;
 pub mod spool;
 pub mod stats;

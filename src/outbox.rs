@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use crate::queue::{Queue, RecordSpan, Snapshot};
 use crate::schedule::{jitter_noise, retry_delay};
-use crate::sink::{Landed, OutRecord, Sink, SinkError};
+use crate::sink::{Delivered, Landed, OutRecord, Sink, SinkError};
 use crate::spool::{Spool, SpoolError};
 use crate::stats::{now_unix, Stats};
 
@@ -42,6 +42,10 @@ pub struct Outbox {
     tag: String,
     /// The sink can never take anything again (stdout's reader is gone).
     closed: bool,
+    /// For the simulation's invariants: the values of records given up (set aside or dropped
+    /// with the queue full) and why.
+    #[cfg(test)]
+    pub(crate) abandoned: Vec<(Vec<u8>, &'static str)>,
 }
 
 impl Outbox {
@@ -65,6 +69,8 @@ impl Outbox {
             last_delivery_unix: None,
             tag,
             closed: false,
+            #[cfg(test)]
+            abandoned: Vec::new(),
         };
         if let Some(dir) = spool_dir {
             // A spool file holds one snapshot, which the queue bound also bounds; twice the
@@ -197,8 +203,9 @@ impl Outbox {
     }
 
     /// One send attempt of the queue's next records. What landed is acknowledged (finished
-    /// snapshots leave the queue and the spool); on failure the same undelivered records
-    /// are retried later, and a record the broker can never accept is set aside.
+    /// snapshots leave the queue and the spool); what the broker refused for what it is is set
+    /// aside, each record alone; what is left — fate unknown — is resent later as exactly the
+    /// same records, so the idempotent producer's resend is deduplicated.
     pub fn send_batch(&mut self, deadline: Instant, stats: &mut Stats) -> Result<Sent, SinkError> {
         let max_records = self.retry_batch.unwrap_or(usize::MAX);
         let batch = self.queue.next_batch(MAX_SEND_BYTES, max_records);
@@ -214,23 +221,42 @@ impl Outbox {
                 })
             })
             .collect();
-        let (landed, error) = self.sink.deliver(&records, deadline);
+        let Delivered {
+            landed,
+            refused,
+            error,
+        } = self.sink.deliver(&records, deadline);
         drop(records);
-        let acked: Vec<(usize, u32)> = batch
-            .iter()
-            .zip(&landed)
-            .filter_map(|(b, l)| l.as_ref().map(|_| *b))
+        let landed_at = |i: usize| landed.get(i).cloned().flatten();
+        let acked: Vec<(usize, u32)> = (0..batch.len())
+            .filter(|&i| landed_at(i).is_some())
+            .map(|i| batch[i])
             .collect();
+        let set_aside: Vec<(usize, u32)> = (0..batch.len())
+            .filter(|&i| landed_at(i).is_none() && refused.get(i).copied().unwrap_or(false))
+            .map(|i| batch[i])
+            .collect();
+        let pending = batch.len() - acked.len() - set_aside.len();
         let sent = Sent {
             records: acked.len(),
             last: landed.iter().rev().flatten().next().cloned(),
         };
-        for s in self.queue.acknowledge(&acked) {
+        let done = self.queue.acknowledge(&acked);
+        // Indices as the queue is now, after the delivered snapshots in front left.
+        let shift = done.len();
+        for s in done {
             stats.delivered += 1;
             self.unspool(&s);
         }
         if !acked.is_empty() {
             self.last_delivery_unix = Some(now_unix());
+        }
+        let reason = error
+            .as_ref()
+            .map_or_else(|| "refused by the sink".to_string(), ToString::to_string);
+        // Last first, so removing one never moves another still to handle.
+        for &(si, ri) in set_aside.iter().rev() {
+            self.set_aside(si - shift, ri, &reason, stats);
         }
         let Some(e) = error else {
             self.failures = 0;
@@ -239,42 +265,33 @@ impl Outbox {
             return Ok(sent);
         };
         self.closed |= e.output_closed();
-        let unacked = batch.len() - acked.len();
-        if e.rejects_data() && unacked == 1 {
-            let refused = batch
-                .iter()
-                .zip(&landed)
-                .find_map(|(b, l)| l.is_none().then_some(*b));
-            self.set_aside(refused, &e, stats);
+        if pending == 0 {
+            // Everything else landed: the refusals were the whole trouble.
+            self.failures = 0;
+            self.retry_at = None;
             self.retry_batch = None;
             return Err(e);
         }
         stats.delivery_errors += 1;
         self.failures += 1;
-        // A batch refused for size is retried one record at a time at once; otherwise the
-        // same undelivered records are resent after a backoff.
-        let delay = if e.rejects_data() {
-            self.retry_batch = Some(1);
-            Duration::ZERO
-        } else {
-            self.retry_batch = Some(unacked.max(1));
-            retry_delay(self.failures, jitter_noise())
-        };
-        self.retry_at = Some(Instant::now() + delay);
+        self.retry_batch = Some(pending);
+        self.retry_at = Some(Instant::now() + retry_delay(self.failures, jitter_noise()));
         Err(e)
     }
 
-    /// Takes a record the broker refused for what it is out of the queue: a whole feed-mode
-    /// snapshot (kept in the spool's rejected/), or one entity of an entity-mode snapshot.
-    fn set_aside(&mut self, refused: Option<(usize, u32)>, e: &SinkError, stats: &mut Stats) {
-        let Some((si, ri)) = refused else { return };
+    /// Takes a record the broker refused for what it is out of the queue: a whole one-record
+    /// snapshot (kept in the spool's rejected/), or one entity of an entity-mode snapshot
+    /// whose other records go on.
+    fn set_aside(&mut self, si: usize, ri: u32, reason: &str, stats: &mut Stats) {
         let single = self.queue.get(si).is_some_and(|s| s.records.len() == 1);
-        if single && si == 0 {
+        if single {
             stats.rejected += 1;
-            if let Some(s) = self.queue.pop_front() {
+            if let Some(s) = self.queue.remove(si) {
+                #[cfg(test)]
+                self.abandoned.push((s.record(0).1.to_vec(), "refused"));
                 let kept = self.keep_rejected(&s, stats);
                 log::error!(
-                    "{}snapshot {} ({} bytes of JSON) refused by the broker, {kept}: {e}",
+                    "{}snapshot {} ({} bytes of JSON) refused, {kept}: {reason}",
                     self.tag,
                     s.seq,
                     s.payload.len()
@@ -284,8 +301,10 @@ impl Outbox {
         }
         stats.rejected_records += 1;
         if let Some(s) = self.queue.get(si) {
+            #[cfg(test)]
+            self.abandoned.push((s.record(ri).1.to_vec(), "refused"));
             log::error!(
-                "{}record {ri} of snapshot {} ({} bytes) refused by the broker and dropped: {e}",
+                "{}record {ri} of snapshot {} ({} bytes) refused and dropped: {reason}",
                 self.tag,
                 s.seq,
                 s.record_len(ri)
@@ -351,7 +370,7 @@ impl Outbox {
                 }
             }
         }
-        let dropped = self.queue.push(snapshot);
+        let dropped = self.queue.push_keeping(snapshot, self.snapshots_in_doubt());
         if !dropped.is_empty() {
             stats.dropped += dropped.len() as u64;
             let seqs: Vec<String> = dropped.iter().map(|s| s.seq.to_string()).collect();
@@ -365,9 +384,31 @@ impl Outbox {
                 stats.dropped
             );
             for s in &dropped {
+                #[cfg(test)]
+                for &ri in &s.undelivered {
+                    self.abandoned.push((s.record(ri).1.to_vec(), "dropped"));
+                }
                 self.unspool(s);
             }
         }
+    }
+
+    /// How many snapshots at the front hold records of the failed send that will be resent
+    /// exactly (`retry_batch`): they may already be in the log, so dropping them would force
+    /// a new producer id and duplicate their neighbours.
+    fn snapshots_in_doubt(&self) -> usize {
+        let Some(mut records) = self.retry_batch else {
+            return 0;
+        };
+        let mut snapshots = 0;
+        while records > 0 {
+            let Some(s) = self.queue.get(snapshots) else {
+                break;
+            };
+            records = records.saturating_sub(s.undelivered.len());
+            snapshots += 1;
+        }
+        snapshots
     }
 
     /// A refused snapshot leaves the queue; with a spool its file is kept aside.
@@ -395,7 +436,6 @@ impl Outbox {
 mod tests {
     use super::*;
     use crate::kafka::KafkaError;
-    use crate::sink::Delivered;
     use std::sync::{Arc, Mutex};
 
     /// What the in-memory sink does with the next attempt.
@@ -453,6 +493,7 @@ mod tests {
                 })
             };
             let mut landed = Vec::new();
+            let mut refused = vec![false; records.len()];
             for (i, r) in records.iter().enumerate() {
                 let ok = match cue {
                     Cue::Accept => true,
@@ -463,6 +504,7 @@ mod tests {
                     self.accepted.lock().unwrap().push(r.value.to_vec());
                     landed.push(Some(Landed::Stdout));
                 } else {
+                    refused[i] = matches!(cue, Cue::Refuse(_));
                     landed.push(None);
                 }
             }
@@ -478,7 +520,11 @@ mod tests {
                     largest_record_bytes: 2_000_000,
                 })),
             };
-            (landed, error)
+            Delivered {
+                landed,
+                refused,
+                error,
+            }
         }
     }
 

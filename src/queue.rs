@@ -104,13 +104,30 @@ impl Queue {
     /// A snapshot larger than the whole bound is kept alone rather than refused: the newest
     /// data is the most valuable, and the bound is about backlog, not one document.
     pub fn push(&mut self, snapshot: Snapshot) -> Vec<Snapshot> {
+        self.push_keeping(snapshot, 0)
+    }
+
+    /// Like `push`, but the first `protected` snapshots are never dropped: records of theirs
+    /// are in a send whose outcome is unknown, to be resent exactly as they were. Beyond the
+    /// bound the oldest unprotected snapshots go; with nothing else left, the new one.
+    pub fn push_keeping(&mut self, snapshot: Snapshot, protected: usize) -> Vec<Snapshot> {
         self.bytes += snapshot.payload.len();
         self.items.push_back(snapshot);
         let mut dropped = Vec::new();
         while self.bytes > self.max_bytes && self.items.len() > 1 {
-            if let Some(old) = self.items.pop_front() {
+            let victim = if protected < self.items.len() - 1 {
+                protected
+            } else if protected == 0 {
+                0
+            } else {
+                self.items.len() - 1
+            };
+            if let Some(old) = self.items.remove(victim) {
                 self.bytes -= old.payload.len();
                 dropped.push(old);
+            }
+            if victim == self.items.len() {
+                break;
             }
         }
         dropped
@@ -154,6 +171,13 @@ impl Queue {
             }
         }
         done
+    }
+
+    /// Removes the snapshot at `index` whatever its state (the broker refused it).
+    pub fn remove(&mut self, index: usize) -> Option<Snapshot> {
+        let s = self.items.remove(index)?;
+        self.bytes -= s.payload.len();
+        Some(s)
     }
 
     /// Removes the oldest snapshot whatever its state (the broker refused it).
@@ -204,6 +228,23 @@ mod tests {
 
     fn seqs(items: &[Snapshot]) -> Vec<u64> {
         items.iter().map(|s| s.seq).collect()
+    }
+
+    #[test]
+    fn snapshots_of_a_send_in_doubt_are_never_dropped() {
+        let doc = |n: u64| Snapshot::document(n, vec![b'x'; 10], 0);
+        let mut q = Queue::new(25);
+        q.push(doc(1));
+        q.push(doc(2));
+        // 1 is protected: 2 goes instead.
+        let dropped = q.push_keeping(doc(3), 1);
+        assert_eq!(dropped.iter().map(|s| s.seq).collect::<Vec<_>>(), [2]);
+        // Everything but the new one protected: the new one goes.
+        let dropped = q.push_keeping(doc(4), 2);
+        assert_eq!(dropped.iter().map(|s| s.seq).collect::<Vec<_>>(), [4]);
+        assert_eq!(q.len(), 2);
+        assert_eq!(q.get(0).unwrap().seq, 1);
+        assert_eq!(q.get(1).unwrap().seq, 3);
     }
 
     #[test]

@@ -53,25 +53,17 @@ impl fmt::Display for SinkError {
 
 impl std::error::Error for SinkError {}
 
-const RECORD_LIST_TOO_LARGE: i16 = 18;
-const INVALID_RECORD: i16 = 87;
-
 impl SinkError {
     /// The reader of stdout went away (`| head`): nothing sent there can ever arrive again.
     pub fn output_closed(&self) -> bool {
         matches!(self, SinkError::Stdout(e) if e.kind() == std::io::ErrorKind::BrokenPipe)
     }
 
-    /// The broker refused these bytes themselves (size, format): resending them can never
-    /// work, unlike an outage or a permission that an operator may still fix.
+    /// The sink refused these bytes themselves (size, format): resending them can never
+    /// work. Which Kafka errors mean that is the client's to say.
     pub fn rejects_data(&self) -> bool {
         match self {
-            SinkError::Kafka(e) => {
-                matches!(
-                    e,
-                    KafkaError::MessageTooLarge { .. } | KafkaError::Encode { .. }
-                ) || matches!(e.code(), Some(RECORD_LIST_TOO_LARGE | INVALID_RECORD))
-            }
+            SinkError::Kafka(e) => e.rejects_data(),
             SinkError::Stdout(_) => false,
         }
     }
@@ -85,9 +77,17 @@ pub struct OutRecord<'a> {
     pub timestamp_ms: i64,
 }
 
-/// What a delivery attempt did: where each record landed (None: not acknowledged), and the
-/// error if any record is missing.
-pub type Delivered = (Vec<Option<Landed>>, Option<SinkError>);
+/// What a delivery attempt did, record by record.
+#[derive(Debug)]
+pub struct Delivered {
+    /// Where each record landed; `None`: not acknowledged.
+    pub landed: Vec<Option<Landed>>,
+    /// Records refused for what they are (too large, invalid): never appended, and resending
+    /// them can't help. A record neither landed nor refused has an unknown fate.
+    pub refused: Vec<bool>,
+    /// Why not every record landed.
+    pub error: Option<SinkError>,
+}
 
 pub trait Sink {
     /// Delivers records in order, retrying as the sink sees fit until `deadline`.
@@ -135,6 +135,16 @@ impl KafkaSink {
         let mut sink = KafkaSink::new(settings);
         sink.producer = sink.producer.with_pool(clusters.pool_for(settings));
         sink
+    }
+
+    /// A sink over a given producer (the simulation's, over the in-memory cluster).
+    #[cfg(test)]
+    pub(crate) fn with_producer(producer: Producer, topic: &str) -> KafkaSink {
+        KafkaSink {
+            producer,
+            topic: topic.to_string(),
+            create_topic: None,
+        }
     }
 
     pub fn new(settings: &KafkaSettings) -> KafkaSink {
@@ -220,9 +230,7 @@ impl Sink for KafkaSink {
                 timestamp_ms: r.timestamp_ms,
             })
             .collect();
-        let (landed, error) = self
-            .producer
-            .produce_partial(&self.topic, &records, deadline);
+        let (landed, refused, error) = self.producer.produce_each(&self.topic, &records, deadline);
         let landed = landed
             .into_iter()
             .map(|d| {
@@ -233,7 +241,11 @@ impl Sink for KafkaSink {
                 })
             })
             .collect();
-        (landed, error.map(SinkError::Kafka))
+        Delivered {
+            landed,
+            refused,
+            error: error.map(SinkError::Kafka),
+        }
     }
 }
 
@@ -260,13 +272,22 @@ impl<W: Write> Sink for StdoutSink<W> {
             let written = self.out.write_all(&line);
             if let Err(e) = written {
                 landed.resize(records.len(), None);
-                return (landed, Some(SinkError::Stdout(e)));
+                return Delivered {
+                    landed,
+                    refused: vec![false; records.len()],
+                    error: Some(SinkError::Stdout(e)),
+                };
             }
             landed.push(Some(Landed::Stdout));
         }
-        match self.out.flush() {
-            Ok(()) => (landed, None),
-            Err(e) => (vec![None; records.len()], Some(SinkError::Stdout(e))),
+        let error = self.out.flush().err();
+        if error.is_some() {
+            landed = vec![None; records.len()];
+        }
+        Delivered {
+            landed,
+            refused: vec![false; records.len()],
+            error: error.map(SinkError::Stdout),
         }
     }
 }

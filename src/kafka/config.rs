@@ -117,6 +117,10 @@ pub struct ProducerConfig {
     pub idempotence: bool,
     /// TLS on every connection (`security.protocol` SSL or SASL_SSL). Defaults to none.
     pub tls: Option<Tls>,
+    /// Attempts one call may make before it gives up as if its deadline had passed; `None`
+    /// (the default): until the deadline. The simulation sets it so a schedule's outcome
+    /// doesn't depend on how fast the machine spins.
+    pub max_attempts: Option<u32>,
     /// SASL on every connection (`security.protocol` SASL_PLAINTEXT or SASL_SSL), after
     /// ApiVersions, and again before the broker's session lifetime runs out. Defaults to none.
     pub sasl: Option<Sasl>,
@@ -137,6 +141,7 @@ impl Default for ProducerConfig {
             unknown_topic_retries: 10,
             idempotence: false,
             tls: None,
+            max_attempts: None,
             sasl: None,
         }
     }

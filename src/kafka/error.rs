@@ -145,6 +145,18 @@ impl KafkaError {
     }
 
     /// The Kafka error code, when the broker sent one.
+    /// The broker (or the protocol) refused these bytes themselves — too large, corrupt,
+    /// invalid — so they were not appended and resending them can never work, unlike an
+    /// outage or a permission that an operator may still fix. The one place that knows
+    /// which codes mean that.
+    pub fn rejects_data(&self) -> bool {
+        // CORRUPT_MESSAGE, MESSAGE_TOO_LARGE, RECORD_LIST_TOO_LARGE, INVALID_RECORD.
+        matches!(
+            self,
+            KafkaError::MessageTooLarge { .. } | KafkaError::Encode { .. }
+        ) || matches!(self.code(), Some(2 | 10 | 18 | 87))
+    }
+
     pub fn code(&self) -> Option<i16> {
         match self {
             KafkaError::Broker { code, .. } => Some(*code),

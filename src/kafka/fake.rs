@@ -48,8 +48,16 @@ pub(crate) struct State {
     pub logs: HashMap<i32, Vec<WireRecord>>,
     /// (broker address, api key, version) of every request, in order.
     pub requests: Vec<(String, i16, i16)>,
-    /// Last (producer id, base sequence, record count, base offset) per partition.
-    last_batch: HashMap<i32, (i64, i32, usize, i64)>,
+    /// The last batches (up to 5, like Kafka's window) per partition: (producer id, base
+    /// sequence, record count, base offset, content fingerprint).
+    last_batches: HashMap<i32, VecDeque<SeenBatch>>,
+    /// Largest batch (sum of value bytes) a partition takes; beyond it MESSAGE_TOO_LARGE.
+    pub max_batch_bytes: Option<usize>,
+    /// Violations of the producer's invariants the broker can see: a sequence number reused
+    /// under the same producer id for different data (which Kafka would ack as a duplicate).
+    pub violations: Vec<String>,
+    /// Answer the next Produce with a response carrying the wrong correlation id.
+    pub wrong_correlation: u32,
     /// SASL required on every connection (PLAIN only; SCRAM is checked against real brokers).
     pub sasl: Option<FakeSasl>,
 }
@@ -64,6 +72,43 @@ pub(crate) struct FakeSasl {
 }
 
 impl State {
+    /// Kafka's idempotent append: a batch equal (producer id, base sequence) to one of the
+    /// last five is a duplicate and gets its original offset; one that doesn't continue the
+    /// sequence is OUT_OF_ORDER_SEQUENCE_NUMBER.
+    fn append(&mut self, p: i32, records: Vec<WireRecord>) -> (i16, i64) {
+        let first = &records[0];
+        let (pid, seq) = (first.producer_id, first.sequence);
+        let fingerprint = fingerprint(&records);
+        let log_len = self.logs.get(&p).map_or(0, Vec::len) as i64;
+        let window = self.last_batches.entry(p).or_default();
+        if pid >= 0 {
+            if let Some(&(_, _, _, offset, seen)) = window.iter().find(|b| b.0 == pid && b.1 == seq)
+            {
+                if seen != fingerprint {
+                    self.violations.push(format!(
+                        "partition {p}: producer {pid} reused sequence {seq} for different data \
+                         (acked as a duplicate of what is at offset {offset})"
+                    ));
+                }
+                return (0, offset);
+            }
+            if let Some(&(_, last_seq, n, _, _)) = window.iter().rev().find(|b| b.0 == pid) {
+                if seq != last_seq.wrapping_add(n as i32) {
+                    return (45, -1);
+                }
+            } else if seq != 0 {
+                // A producer id the partition never saw must start at 0.
+                return (45, -1);
+            }
+        }
+        window.push_back((pid, seq, records.len(), log_len, fingerprint));
+        if window.len() > 5 {
+            window.pop_front();
+        }
+        self.logs.entry(p).or_default().extend(records);
+        (0, log_len)
+    }
+
     pub(crate) fn count(&self, api: ApiKey) -> usize {
         self.requests.iter().filter(|r| r.1 == api as i16).count()
     }
@@ -76,6 +121,26 @@ impl State {
             .map(|r| String::from_utf8_lossy(r.value.as_deref().unwrap_or_default()).into_owned())
             .collect()
     }
+}
+
+/// (producer id, base sequence, record count, base offset, fingerprint) of an appended batch.
+type SeenBatch = (i64, i32, usize, i64, u64);
+
+/// A value ending so is refused as INVALID_RECORD, every time (a record a broker-side
+/// validation rejects).
+pub(crate) const INVALID_MARK: &[u8] = b"!invalid";
+
+/// The data of a batch (keys and values), to tell a resend from different data.
+fn fingerprint(records: &[WireRecord]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for r in records {
+        for part in [r.key.as_deref(), r.value.as_deref()] {
+            for b in part.unwrap_or_default().iter().chain(&[0xff]) {
+                h = (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+            }
+        }
+    }
+    h
 }
 
 /// A cluster of `n_brokers` (`b1:9092`, …) and one topic with the given partition leaders.
@@ -286,37 +351,29 @@ impl FakeConn {
                 let mut partitions = Vec::new();
                 for pd in &topic.partition_data {
                     let p = pd.index;
-                    let (code, base_offset) = if let Some(pos) =
-                        state.produce_errors.iter().position(|e| e.0 == p)
-                    {
-                        (state.produce_errors.remove(pos).map_or(0, |e| e.1), -1)
-                    } else if state.leaders.get(p as usize) != Some(&self.node) {
-                        (6, -1)
-                    } else {
-                        let records = decode_batches(pd.records.clone().unwrap());
-                        let first = &records[0];
-                        let (pid, seq) = (first.producer_id, first.sequence);
-                        let log_len = state.logs.get(&p).map_or(0, Vec::len) as i64;
-                        match state.last_batch.get(&p).copied() {
-                            Some((last_pid, last_seq, _, offset))
-                                if pid >= 0 && pid == last_pid && seq == last_seq =>
-                            {
-                                (0, offset) // duplicate of the last batch: the original offset
+                    let (code, base_offset) =
+                        if let Some(pos) = state.produce_errors.iter().position(|e| e.0 == p) {
+                            (state.produce_errors.remove(pos).map_or(0, |e| e.1), -1)
+                        } else if state.leaders.get(p as usize) != Some(&self.node) {
+                            (6, -1)
+                        } else {
+                            let records = decode_batches(pd.records.clone().unwrap());
+                            let value_bytes: usize = records
+                                .iter()
+                                .map(|r| r.value.as_ref().map_or(0, |v| v.len()))
+                                .sum();
+                            if state.max_batch_bytes.is_some_and(|max| value_bytes > max) {
+                                (10, -1)
+                            } else if records.iter().any(|r| {
+                                r.value
+                                    .as_deref()
+                                    .is_some_and(|v| v.ends_with(INVALID_MARK))
+                            }) {
+                                (87, -1)
+                            } else {
+                                state.append(p, records)
                             }
-                            Some((last_pid, last_seq, n, _))
-                                if pid >= 0 && pid == last_pid && seq != last_seq + n as i32 =>
-                            {
-                                (45, -1)
-                            }
-                            _ => {
-                                state
-                                    .last_batch
-                                    .insert(p, (pid, seq, records.len(), log_len));
-                                state.logs.entry(p).or_default().extend(records);
-                                (0, log_len)
-                            }
-                        }
-                    };
+                        };
                     partitions.push(
                         PartitionProduceResponse::default()
                             .with_index(p)
@@ -331,6 +388,13 @@ impl FakeConn {
                     state.lose_produce_responses -= 1;
                     self.reset = true;
                     return None;
+                }
+                if state.wrong_correlation > 0 {
+                    state.wrong_correlation -= 1;
+                    let body = kafka_protocol::messages::ProduceResponse::default();
+                    let mut wrong = header.clone();
+                    wrong.correlation_id = header.correlation_id.wrapping_add(7);
+                    return Some(respond(&wrong, rhv, &body, version));
                 }
                 if state.garbage_produce {
                     let mut buf = BytesMut::new();

@@ -22,7 +22,7 @@ mod batch;
 mod config;
 mod error;
 #[cfg(test)]
-mod fake;
+pub(crate) mod fake;
 mod metadata;
 mod partitioner;
 mod produce;

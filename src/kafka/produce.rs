@@ -130,8 +130,10 @@ pub(crate) fn classify(
         46 => Outcome::Done { base_offset },
         // Leadership moved or is unknown; the topic may still be in creation: ask for fresh metadata.
         // UNKNOWN_TOPIC_OR_PARTITION, LEADER_NOT_AVAILABLE, NOT_LEADER_OR_FOLLOWER, NETWORK_EXCEPTION,
-        // KAFKA_STORAGE_ERROR, FENCED_LEADER_EPOCH, UNKNOWN_LEADER_EPOCH.
-        3 | 5 | 6 | 13 | 56 | 74 | 75 => retry(true),
+        // KAFKA_STORAGE_ERROR, FENCED_LEADER_EPOCH, UNKNOWN_LEADER_EPOCH; UNKNOWN_TOPIC_ID and
+        // INCONSISTENT_TOPIC_ID (the topic was deleted and recreated: its new id is in fresh
+        // metadata).
+        3 | 5 | 6 | 13 | 56 | 74 | 75 | 100 | 103 => retry(true),
         // REQUEST_TIMED_OUT, NOT_ENOUGH_REPLICAS(_AFTER_APPEND): same leader, later.
         7 | 19 | 20 => retry(false),
         10 => Outcome::Fatal(KafkaError::MessageTooLarge {

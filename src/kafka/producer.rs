@@ -2,7 +2,7 @@
 //! (versions, metadata, partitioner, batch, produce) and the transport, with retries, backoff and
 //! reconnects. Owns the connections; never encodes or parses protocol bytes itself.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -90,6 +90,21 @@ struct Idempotence {
     producer_id: i64,
     producer_epoch: i16,
     next_sequence: HashMap<(String, i32), i32>,
+    /// Batches sent whose fate is unknown (no acknowledgement, no refusal): base sequence and
+    /// fingerprint of their data, by (topic, partition). Such a batch may be in the log; the
+    /// next batch at that sequence must be the same data (a resend the broker deduplicates),
+    /// or a new producer id is taken first — never the same sequence for different data.
+    unsettled: HashMap<(String, i32), Unsettled>,
+}
+
+/// A batch of unknown fate (see `Idempotence::unsettled`).
+#[derive(Debug, Clone)]
+struct Unsettled {
+    base_sequence: i32,
+    fingerprint: u64,
+    /// Each record's own fingerprint: a resent keyless record goes back to this partition,
+    /// whatever the sticky choice would be now.
+    records: Vec<u64>,
 }
 
 /// Idle connections kept per broker between calls.
@@ -149,6 +164,9 @@ impl std::fmt::Debug for Producer {
             .finish_non_exhaustive()
     }
 }
+
+/// Per record of a call: its partition, its offset once acknowledged, whether it was refused.
+type PerRecord<'a> = (&'a mut [Option<i32>], &'a mut [Option<i64>], &'a mut [bool]);
 
 /// A request written to a broker whose response is still to be read.
 struct InFlight {
@@ -233,10 +251,30 @@ impl Producer {
         records: &[Record<'_>],
         deadline: Instant,
     ) -> (Vec<Option<Delivery>>, Option<KafkaError>) {
+        let (landed, _, error) = self.produce_each(topic, records, deadline);
+        (landed, error)
+    }
+
+    /// Like [`Producer::produce_partial`], and also which records the broker refused for what
+    /// they are (too large, invalid): never appended, never worth resending. A record neither
+    /// landed nor refused has an unknown fate: resend it, in the same order, to have it
+    /// deduplicated.
+    pub fn produce_each(
+        &mut self,
+        topic: &str,
+        records: &[Record<'_>],
+        deadline: Instant,
+    ) -> (Vec<Option<Delivery>>, Vec<bool>, Option<KafkaError>) {
         let mut partition_of: Vec<Option<i32>> = vec![None; records.len()];
         let mut offsets: Vec<Option<i64>> = vec![None; records.len()];
+        let mut refused = vec![false; records.len()];
         let error = self
-            .produce_checked(topic, records, deadline, &mut partition_of, &mut offsets)
+            .produce_checked(
+                topic,
+                records,
+                deadline,
+                (&mut partition_of, &mut offsets, &mut refused),
+            )
             .err();
         self.release_conns(error.is_none());
         let landed = partition_of
@@ -250,7 +288,7 @@ impl Producer {
                 _ => None,
             })
             .collect();
-        (landed, error)
+        (landed, refused, error)
     }
 
     fn produce_checked(
@@ -258,8 +296,7 @@ impl Producer {
         topic: &str,
         records: &[Record<'_>],
         deadline: Instant,
-        partition_of: &mut [Option<i32>],
-        offsets: &mut [Option<i64>],
+        per_record: PerRecord<'_>,
     ) -> Result<(), KafkaError> {
         if records.is_empty() {
             return Ok(());
@@ -276,22 +313,14 @@ impl Producer {
                 reason: "idempotence needs acks=all".to_owned(),
             });
         }
-        let result = self.produce_inner(topic, records, deadline, partition_of, offsets);
-        match &result {
-            // The keyless partition moves on only after a success: a caller that resends the
-            // same records after a retriable failure reaches the same partition with the same
-            // producer id and sequence numbers, so the broker drops the copy it already has.
-            Ok(_) => self.calls = self.calls.wrapping_add(1),
-            // A refused certificate or password says nothing about the batch: when someone
-            // fixes it, the resend must still be recognised.
-            Err(e) if e.is_retriable() || e.is_security() => {}
-            Err(e) => {
-                if self.idempotence.take().is_some() {
-                    // The batch's fate is unknown and won't be resent as is: a new producer id
-                    // restarts sequences cleanly.
-                    log::debug!("kafka: produce to {topic} failed ({e}), dropping producer id");
-                }
-            }
+        let result = self.produce_inner(topic, records, deadline, per_record);
+        // The keyless partition moves on only after a success: a caller that resends the same
+        // records after a failure reaches the same partition with the same producer id and
+        // sequence numbers, so the broker drops the copy it already has. On failure the
+        // producer id stays too: a batch whose fate is unknown is resent as itself, and any
+        // other data at its sequence takes a new id first (`Idempotence::unsettled`).
+        if result.is_ok() {
+            self.calls = self.calls.wrapping_add(1);
         }
         result
     }
@@ -301,27 +330,46 @@ impl Producer {
         topic: &str,
         records: &[Record<'_>],
         deadline: Instant,
-        partition_of: &mut [Option<i32>],
-        offsets: &mut [Option<i64>],
+        (partition_of, offsets, refused): PerRecord<'_>,
     ) -> Result<(), KafkaError> {
         // Base sequence of each partition's batch in this call, kept across retries so the
         // broker recognises a resent batch.
         let mut sequences: HashMap<i32, i32> = HashMap::new();
         let mut attempts: u32 = 0;
+        let mut retries: u32 = 0;
         let mut unknown_topic: u32 = 0;
         let mut last: Option<KafkaError> = None;
         let mut refresh = false;
         let mut identity_resets: u32 = 0;
+        // `refused`: records the broker refused for what they are (never appended): not sent
+        // again in this call, reported with the first refusal once everything else is
+        // acknowledged (and per record whatever the outcome).
+        let mut refusal: Option<KafkaError> = None;
+        // Partitions whose refused batch held several records: from then on one record per
+        // request, so a refusal lands on the record it is about and its neighbours go through.
+        let mut solo: HashSet<i32> = HashSet::new();
+        let mut retry_due = false;
         loop {
-            if attempts > 0 {
-                self.backoff(attempts, deadline);
+            if retry_due {
+                retries += 1;
+                self.backoff(retries, deadline);
             }
-            if Instant::now() >= deadline {
+            retry_due = false;
+            let waiting = offsets
+                .iter()
+                .zip(refused.iter())
+                .filter(|(o, r)| o.is_none() && !**r)
+                .count();
+            if waiting == 0 {
+                return refusal.map_or(Ok(()), Err);
+            }
+            let out_of_attempts = self.config.max_attempts.is_some_and(|max| attempts >= max);
+            if Instant::now() >= deadline || out_of_attempts {
                 return Err(KafkaError::DeadlineExceeded {
                     topic: topic.to_owned(),
-                    undelivered: offsets.iter().filter(|o| o.is_none()).count(),
+                    undelivered: waiting,
                     attempts,
-                    last: last.map(Box::new),
+                    last: last.or(refusal).map(Box::new),
                 });
             }
             attempts += 1;
@@ -342,11 +390,13 @@ impl Producer {
                         count_unknown_topic(&e, topic, &mut unknown_topic, budget)?;
                         log::debug!("will retry: {e}");
                         last = Some(e);
+                        retry_due = true;
                         continue;
                     }
                     Err(e) if e.is_retriable() => {
                         log::debug!("will retry: {e}");
                         last = Some(e);
+                        retry_due = true;
                         continue;
                     }
                     Err(e) => return Err(e),
@@ -358,6 +408,7 @@ impl Producer {
                     Err(e) if e.is_retriable() => {
                         log::debug!("will retry: {e}");
                         last = Some(e);
+                        retry_due = true;
                         continue;
                     }
                     Err(e) => return Err(e),
@@ -380,7 +431,9 @@ impl Producer {
                             .partitions
                             .get(partitioner::partition_for_key(key, info.partitions.len()))
                             .map(|p| p.id),
-                        None => partitioner::sticky_partition(self.calls, &available),
+                        None => self
+                            .unsettled_partition_of(topic, record)
+                            .or_else(|| partitioner::sticky_partition(self.calls, &available)),
                     };
                 }
             }
@@ -388,12 +441,29 @@ impl Producer {
             // 3. Pending records by partition, partitions by leader.
             let mut by_partition: BTreeMap<i32, Vec<usize>> = BTreeMap::new();
             let mut unassigned = false;
-            for (i, (partition, offset)) in partition_of.iter().zip(offsets.iter()).enumerate() {
-                match (partition, offset) {
-                    (_, Some(_)) => {}
-                    (Some(p), None) => by_partition.entry(*p).or_default().push(i),
-                    (None, None) => unassigned = true,
+            for (i, partition) in partition_of.iter().enumerate() {
+                if offsets[i].is_some() || refused[i] {
+                    continue;
                 }
+                match partition {
+                    Some(p) => by_partition.entry(*p).or_default().push(i),
+                    None => unassigned = true,
+                }
+            }
+            for p in &solo {
+                if let Some(idx) = by_partition.get_mut(p) {
+                    idx.truncate(1);
+                }
+            }
+            // Invariant: a batch whose fate is unknown is only ever resent as itself.
+            if self.reuses_unsettled_sequence(topic, records, &by_partition, &sequences) {
+                log::debug!(
+                    "kafka: {topic}: a batch that may be in the log is not resent as it was; \
+                     taking a new producer id before sending other data"
+                );
+                self.idempotence = None;
+                sequences.clear();
+                continue;
             }
             let mut by_leader: BTreeMap<i32, Vec<i32>> = BTreeMap::new();
             for &p in by_partition.keys() {
@@ -404,6 +474,7 @@ impl Producer {
             }
             if unassigned {
                 refresh = true;
+                retry_due = true;
                 last = Some(KafkaError::broker_code(
                     "-",
                     topic,
@@ -413,11 +484,14 @@ impl Producer {
                 ));
             }
 
-            // 4. One request per leader, all written before any response is read.
+            // 4. One request per leader, all written before any response is read. A failure
+            // that is not retriable stops the writing, but what was written is still read.
             let mut in_flight: Vec<InFlight> = Vec::new();
+            let mut fatal: Option<KafkaError> = None;
             for (leader, partitions) in by_leader {
                 let Some(addr) = self.metadata.broker_addr(leader).map(str::to_owned) else {
                     refresh = true;
+                    retry_due = true;
                     continue;
                 };
                 let mut batches = Vec::with_capacity(partitions.len());
@@ -432,52 +506,79 @@ impl Producer {
                             timestamp_ms: records[i].timestamp_ms,
                         })
                         .collect();
-                    let batch = encode_batch(&batch_records, self.config.compression, identity)
-                        .map_err(|detail| KafkaError::Encode {
-                            topic: topic.to_owned(),
-                            detail,
-                        })?;
-                    batches.push(PartitionBatch {
-                        partition: p,
-                        batch,
-                    });
+                    match encode_batch(&batch_records, self.config.compression, identity) {
+                        Ok(batch) => batches.push(PartitionBatch {
+                            partition: p,
+                            batch,
+                        }),
+                        // Data the protocol can't carry: refused like a broker refusal.
+                        Err(detail) => {
+                            let e = KafkaError::Encode {
+                                topic: topic.to_owned(),
+                                detail,
+                            };
+                            refuse(p, idx, e, refused, &mut refusal, &mut solo);
+                        }
+                    }
                 }
+                if batches.is_empty() {
+                    continue;
+                }
+                let sent: Vec<(i32, u64)> = batches
+                    .iter()
+                    .map(|b| {
+                        (
+                            b.partition,
+                            fingerprint(records, &by_partition[&b.partition]),
+                        )
+                    })
+                    .collect();
                 match self.send_produce(&addr, topic, info.topic_id, batches, deadline) {
-                    Ok(Some(flight)) => in_flight.push(flight),
+                    Ok(Some(flight)) => {
+                        self.note_unsettled(topic, records, &sent, &by_partition, &sequences);
+                        in_flight.push(flight);
+                    }
                     Ok(None) => {
                         // acks=0: written is all we will ever know.
-                        for idx in by_partition
-                            .iter()
-                            .filter(|(p, _)| info.leader(**p) == Some(leader))
-                            .map(|(_, v)| v)
-                        {
-                            for &i in idx {
+                        for (p, _) in &sent {
+                            for &i in &by_partition[p] {
                                 offsets[i] = Some(-1);
                             }
                         }
                     }
                     Err(e) if e.is_retriable() => {
+                        // Perhaps written, perhaps not: the same batch goes again.
+                        self.note_unsettled(topic, records, &sent, &by_partition, &sequences);
                         log::debug!("will retry: {e}");
                         refresh = true;
+                        retry_due = true;
                         last = Some(e);
                     }
-                    Err(e) => return Err(e),
+                    Err(e) => {
+                        fatal = Some(e);
+                        break;
+                    }
                 }
             }
 
-            // 5. Responses.
+            // 5. Every response is read (or its connection closed) before the attempt ends,
+            // and every partition's outcome applied: one partition's refusal never discards
+            // another's acknowledgement.
             for flight in in_flight {
                 let outcomes = match self.recv_produce(&flight, topic, deadline) {
                     Ok(outcomes) => outcomes,
-                    Err(e) if e.is_retriable() => {
+                    // No reply, a garbled or mismatched one: the batches may be in the log.
+                    // Their connection is closed; they go again as they were.
+                    Err(e) => {
                         log::debug!("will retry: {e}");
                         refresh = true;
+                        retry_due = true;
                         last = Some(e);
                         continue;
                     }
-                    Err(e) => return Err(e),
                 };
                 for (partition, outcome) in outcomes {
+                    log::trace!("kafka: {topic}[{partition}]: {outcome:?}");
                     match outcome {
                         Outcome::Done { base_offset } => {
                             for (k, &i) in by_partition
@@ -500,9 +601,14 @@ impl Producer {
                             refresh_metadata,
                             reason,
                         } => {
-                            count_unknown_topic(&reason, topic, &mut unknown_topic, budget)?;
+                            if let Err(e) =
+                                count_unknown_topic(&reason, topic, &mut unknown_topic, budget)
+                            {
+                                fatal.get_or_insert(e);
+                            }
                             log::debug!("will retry: {reason}");
                             refresh |= refresh_metadata;
+                            retry_due = true;
                             last = Some(reason);
                         }
                         Outcome::Fatal(e)
@@ -518,14 +624,104 @@ impl Producer {
                             sequences.clear();
                             last = Some(e);
                         }
-                        Outcome::Fatal(e) => return Err(e),
+                        Outcome::Fatal(e) if e.rejects_data() => {
+                            // Refused, not appended: its sequence is free again.
+                            self.settle(topic, partition);
+                            sequences.remove(&partition);
+                            let idx = by_partition.get(&partition).cloned().unwrap_or_default();
+                            refuse(partition, &idx, e, refused, &mut refusal, &mut solo);
+                        }
+                        Outcome::Fatal(e) => {
+                            fatal.get_or_insert(e);
+                        }
                     }
                 }
             }
-
-            if offsets.iter().all(Option::is_some) {
-                return Ok(());
+            if let Some(e) = fatal {
+                return Err(e);
             }
+        }
+    }
+
+    /// Whether sending `by_partition` now would put different data at the sequence of a batch
+    /// whose fate is unknown.
+    fn reuses_unsettled_sequence(
+        &self,
+        topic: &str,
+        records: &[Record<'_>],
+        by_partition: &BTreeMap<i32, Vec<usize>>,
+        sequences: &HashMap<i32, i32>,
+    ) -> bool {
+        let Some(idem) = &self.idempotence else {
+            return false;
+        };
+        by_partition.iter().any(|(p, idx)| {
+            let key = (topic.to_owned(), *p);
+            let base = sequences
+                .get(p)
+                .copied()
+                .or_else(|| idem.next_sequence.get(&key).copied())
+                .unwrap_or(0);
+            let now = fingerprint(records, idx);
+            idem.unsettled.get(&key).is_some_and(|u| {
+                let (seq, fp) = (u.base_sequence, u.fingerprint);
+                let differs = seq == base && fp != now;
+                if differs {
+                    log::debug!(
+                        "kafka: {topic}[{p}]: sequence {seq} holds a batch of unknown fate; \
+                         {} other records would take it",
+                        idx.len()
+                    );
+                }
+                differs
+            })
+        })
+    }
+
+    fn note_unsettled(
+        &mut self,
+        topic: &str,
+        records: &[Record<'_>],
+        sent: &[(i32, u64)],
+        by_partition: &BTreeMap<i32, Vec<usize>>,
+        sequences: &HashMap<i32, i32>,
+    ) {
+        if let Some(idem) = &mut self.idempotence {
+            for (p, fp) in sent {
+                if let Some(&base) = sequences.get(p) {
+                    let each = by_partition
+                        .get(p)
+                        .into_iter()
+                        .flatten()
+                        .map(|&i| fingerprint(records, &[i]))
+                        .collect();
+                    idem.unsettled.insert(
+                        (topic.to_owned(), *p),
+                        Unsettled {
+                            base_sequence: base,
+                            fingerprint: *fp,
+                            records: each,
+                        },
+                    );
+                }
+            }
+        }
+    }
+
+    /// Where a keyless record went when it was last sent with an unknown outcome.
+    fn unsettled_partition_of(&self, topic: &str, record: &Record<'_>) -> Option<i32> {
+        let idem = self.idempotence.as_ref()?;
+        let one = [*record];
+        let fp = fingerprint(&one, &[0]);
+        idem.unsettled
+            .iter()
+            .find(|((t, _), u)| t == topic && u.records.contains(&fp))
+            .map(|((_, p), _)| *p)
+    }
+
+    fn settle(&mut self, topic: &str, partition: i32) {
+        if let Some(idem) = &mut self.idempotence {
+            idem.unsettled.remove(&(topic.to_owned(), partition));
         }
     }
 
@@ -557,6 +753,7 @@ impl Producer {
         n: usize,
         sequences: &mut HashMap<i32, i32>,
     ) {
+        self.settle(topic, partition);
         if let (Some(idem), Some(base)) = (&mut self.idempotence, sequences.remove(&partition)) {
             // Sequences wrap at i32::MAX back to 0, as in the Java client.
             let next = (i64::from(base) + n as i64) % (i64::from(i32::MAX) + 1);
@@ -925,6 +1122,7 @@ impl Producer {
                 producer_id: response.producer_id,
                 producer_epoch: response.producer_epoch,
                 next_sequence: HashMap::new(),
+                unsettled: HashMap::new(),
             });
             return Ok(());
         }
@@ -1056,6 +1254,45 @@ fn authenticate(
 
 /// New producer ids one `produce` call may ask for after losing its producer state.
 const MAX_IDENTITY_RESETS: u32 = 3;
+
+/// The data of the records `idx` (keys, values, timestamps): tells a resend from other data.
+fn fingerprint(records: &[Record<'_>], idx: &[usize]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut eat = |bytes: &[u8]| {
+        for b in bytes.iter().chain(&[0xff]) {
+            h = (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    };
+    for &i in idx {
+        let r = &records[i];
+        eat(r.key.unwrap_or_default());
+        eat(r.value);
+        eat(&r.timestamp_ms.to_le_bytes());
+    }
+    h
+}
+
+/// A partition's batch was refused for its data: a single record is refused for good; a
+/// batch of several is split, one record per request, to find the one at fault.
+fn refuse(
+    partition: i32,
+    idx: &[usize],
+    e: KafkaError,
+    refused: &mut [bool],
+    refusal: &mut Option<KafkaError>,
+    solo: &mut HashSet<i32>,
+) {
+    match idx {
+        [only] => {
+            refused[*only] = true;
+            refusal.get_or_insert(e);
+        }
+        _ => {
+            log::debug!("kafka: batch refused ({e}); sending its records one by one");
+            solo.insert(partition);
+        }
+    }
+}
 
 /// OUT_OF_ORDER_SEQUENCE_NUMBER, INVALID_PRODUCER_EPOCH, UNKNOWN_PRODUCER_ID: the broker no longer
 /// agrees with our sequence numbers.
@@ -1322,7 +1559,7 @@ mod tests {
             let cluster = Cluster::new(1, TOPIC, &[1]);
             cluster.state().produce_errors.push_back((0, code));
             let mut p = producer(&cluster, |_| {});
-            let vals = values(2);
+            let vals = values(1);
             let err = p.produce(TOPIC, &keyless(&vals), soon()).unwrap_err();
             let line = err.to_string();
             assert!(
@@ -1332,6 +1569,29 @@ mod tests {
             assert!(!err.is_retriable());
             assert_eq!(cluster.state().count(ApiKey::Produce), 1);
         }
+    }
+
+    #[test]
+    fn a_refused_batch_is_split_and_only_the_record_at_fault_is_refused() {
+        let cluster = Cluster::new(1, TOPIC, &[1]);
+        cluster.state().max_batch_bytes = Some(50);
+        let mut p = producer(&cluster, |c| {
+            c.idempotence = true;
+        });
+        let vals = vec!["small-0".to_string(), "x".repeat(80), "small-2".to_string()];
+        let (landed, err) = p.produce_partial(TOPIC, &keyless(&vals), soon());
+        assert!(
+            matches!(err, Some(KafkaError::MessageTooLarge { .. })),
+            "{err:?}"
+        );
+        assert!(landed[0].is_some() && landed[1].is_none() && landed[2].is_some());
+        let state = cluster.state();
+        assert_eq!(state.log_values(0), ["small-0", "small-2"]);
+        assert_eq!(
+            state.count(ApiKey::InitProducerId),
+            1,
+            "one producer id throughout"
+        );
     }
 
     #[test]
@@ -1754,17 +2014,26 @@ mod tests {
     }
 
     #[test]
-    fn malformed_response_is_an_error_naming_the_broker() {
+    fn malformed_response_is_retried_as_the_same_batch_and_named() {
         let cluster = Cluster::new(1, TOPIC, &[1]);
         cluster.state().garbage_produce = true;
-        let mut p = producer(&cluster, |_| {});
+        let mut p = producer(&cluster, |c| c.idempotence = true);
         let vals = values(1);
-        let err = p.produce(TOPIC, &keyless(&vals), soon()).unwrap_err();
+        let deadline = Instant::now() + Duration::from_millis(100);
+        let err = p.produce(TOPIC, &keyless(&vals), deadline).unwrap_err();
+        assert!(err.is_retriable(), "{err}");
+        let line = err.to_string();
         assert!(
-            matches!(err, KafkaError::Malformed { api: "Produce", .. }),
-            "{err}"
+            line.contains("malformed Produce response") && line.contains("b1:9092"),
+            "{line}"
         );
-        assert!(err.to_string().contains("b1:9092"), "{err}");
+        // Every attempt appended (the reply was garbage): the broker kept one copy, because
+        // each resend carried the same producer id and sequence.
+        cluster.state().garbage_produce = false;
+        p.produce(TOPIC, &keyless(&vals), soon()).unwrap();
+        let state = cluster.state();
+        assert_eq!(state.log_values(0), ["value-0"]);
+        assert_eq!(state.count(ApiKey::InitProducerId), 1);
     }
 
     #[test]
