@@ -291,7 +291,7 @@ impl Outbox {
                 self.abandoned.push((s.record(0).1.to_vec(), "refused"));
                 let kept = self.keep_rejected(&s, stats);
                 log::error!(
-                    "{}snapshot {} ({} bytes of JSON) refused, {kept}: {reason}",
+                    "{}snapshot {} ({} bytes of JSON) refused by the broker, {kept}: {reason}",
                     self.tag,
                     s.seq,
                     s.payload.len()
@@ -304,7 +304,7 @@ impl Outbox {
             #[cfg(test)]
             self.abandoned.push((s.record(ri).1.to_vec(), "refused"));
             log::error!(
-                "{}record {ri} of snapshot {} ({} bytes) refused and dropped: {reason}",
+                "{}record {ri} of snapshot {} ({} bytes) refused by the broker and dropped: {reason}",
                 self.tag,
                 s.seq,
                 s.record_len(ri)
@@ -518,6 +518,7 @@ mod tests {
                     partition: 0,
                     batch_bytes: 2_000_000,
                     largest_record_bytes: 2_000_000,
+                    compression: "none",
                 })),
             };
             Delivered {

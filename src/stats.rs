@@ -39,7 +39,7 @@ impl fmt::Display for Stats {
             f,
             "{} polls, {} delivered, {} fetch errors, {} decode errors, {} unchanged, \
              {} delivery errors, {} dropped (queue full), {} rejected by broker, \
-             {} unsent at exit",
+             {} records refused, {} unsent at exit",
             self.polls,
             self.delivered,
             self.fetch_errors,
@@ -48,6 +48,7 @@ impl fmt::Display for Stats {
             self.delivery_errors,
             self.dropped,
             self.rejected,
+            self.rejected_records,
             self.unsent
         )?;
         if self.unsent > 0 {

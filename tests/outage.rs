@@ -334,6 +334,7 @@ fn oversize_document_is_reported_and_kept_in_the_spool() {
         .unwrap_or_else(|| panic!("no refusal line: {err}"));
     assert!(line.contains("MESSAGE_TOO_LARGE"), "{line}");
     assert!(line.contains("KAFKA_COMPRESSION"), "{line}");
+    assert!(line.contains("MODE=entity"), "{line}");
     assert!(line.contains("rejected/"), "{line}");
     assert!(err.contains("1 rejected by broker"), "{err}");
     let kept = std::fs::read_dir(spool.join("rejected")).unwrap().count();

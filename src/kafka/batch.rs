@@ -42,6 +42,8 @@ pub(crate) struct BatchRecord<'a> {
 pub(crate) struct EncodedBatch {
     pub bytes: Bytes,
     pub largest_record_bytes: usize,
+    /// The codec's setting name (`none`, `gzip`, …), for error messages.
+    pub compression: &'static str,
 }
 
 /// Encodes `records` as one record batch v2 (offset deltas 0..n, creation timestamps).
@@ -84,6 +86,7 @@ pub(crate) fn encode_batch(
     RecordBatchEncoder::encode_with_custom_compression(&mut buf, &wire, &options, Some(compressor))
         .map_err(|e| format!("record batch: {e:#}"))?;
     Ok(EncodedBatch {
+        compression: compression.name(),
         bytes: buf.freeze(),
         largest_record_bytes: records
             .iter()

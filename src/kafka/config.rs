@@ -42,6 +42,17 @@ pub enum Compression {
 }
 
 impl Compression {
+    /// As `KAFKA_COMPRESSION` spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Compression::None => "none",
+            Compression::Gzip => "gzip",
+            Compression::Snappy => "snappy",
+            Compression::Lz4 => "lz4",
+            Compression::Zstd => "zstd",
+        }
+    }
+
     pub(crate) fn to_protocol(self) -> kafka_protocol::records::Compression {
         use kafka_protocol::records::Compression as P;
         match self {

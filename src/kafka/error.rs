@@ -75,6 +75,8 @@ pub enum KafkaError {
         partition: i32,
         batch_bytes: usize,
         largest_record_bytes: usize,
+        /// The codec the batch was sent with (`none` when uncompressed), for the remedy.
+        compression: &'static str,
     },
     /// The topic does not exist (and was not auto-created) after several metadata refreshes.
     UnknownTopic {
@@ -239,12 +241,30 @@ impl fmt::Display for KafkaError {
                 }
                 Ok(())
             }
-            KafkaError::MessageTooLarge { broker, topic, partition, batch_bytes, largest_record_bytes } => write!(
-                f,
-                "kafka broker {broker}: topic {topic} partition {partition}: MESSAGE_TOO_LARGE (code 10, not retriable): \
-                 batch of {batch_bytes} bytes (largest record {largest_record_bytes} bytes) refused; enable compression \
-                 (KAFKA_COMPRESSION) or raise the broker's message.max.bytes / topic max.message.bytes"
-            ),
+            KafkaError::MessageTooLarge {
+                broker,
+                topic,
+                partition,
+                batch_bytes,
+                largest_record_bytes,
+                compression,
+            } => {
+                write!(
+                    f,
+                    "kafka broker {broker}: topic {topic} partition {partition}: MESSAGE_TOO_LARGE \
+                     (code 10, not retriable): batch of {batch_bytes} bytes (largest record \
+                     {largest_record_bytes} bytes) refused; "
+                )?;
+                if *compression == "none" {
+                    f.write_str("enable compression (KAFKA_COMPRESSION=zstd), ")?;
+                } else {
+                    write!(f, "already compressed ({compression}); ")?;
+                }
+                f.write_str(
+                    "send one record per entity (MODE=entity), or raise the topic's \
+                     max.message.bytes (and the broker's message.max.bytes)",
+                )
+            }
             KafkaError::UnknownTopic { topic, broker, attempts } => write!(
                 f,
                 "kafka broker {broker}: unknown topic {topic} after {attempts} metadata refreshes \
@@ -317,10 +337,23 @@ mod tests {
             partition: 0,
             batch_bytes: 2_000_000,
             largest_record_bytes: 1_500_000,
+            compression: "none",
         };
         let line = e.to_string();
         assert!(!line.contains('\n'));
         assert!(line.contains("KAFKA_COMPRESSION") && line.contains("message.max.bytes"));
+        assert!(line.contains("MODE=entity"));
         assert!(!e.is_retriable());
+        let compressed = KafkaError::MessageTooLarge {
+            broker: "b:9092".into(),
+            topic: "t".into(),
+            partition: 0,
+            batch_bytes: 2_000_000,
+            largest_record_bytes: 1_500_000,
+            compression: "zstd",
+        };
+        let line = compressed.to_string();
+        assert!(line.contains("already compressed (zstd)"), "{line}");
+        assert!(!line.contains("enable compression"), "{line}");
     }
 }

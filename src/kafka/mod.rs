@@ -65,6 +65,7 @@ pub fn fuzz_response(api: i16, version: i16, frame: &[u8]) -> Result<(), String>
                     batch: batch::EncodedBatch {
                         bytes: bytes::Bytes::new(),
                         largest_record_bytes: 0,
+                        compression: "none",
                     },
                 })
                 .collect();

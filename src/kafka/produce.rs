@@ -142,6 +142,7 @@ pub(crate) fn classify(
             partition: sent.partition,
             batch_bytes: sent.batch.bytes.len(),
             largest_record_bytes: sent.batch.largest_record_bytes,
+            compression: sent.batch.compression,
         }),
         // Our own bytes or settings are wrong; resending them cannot help: CORRUPT_MESSAGE,
         // INVALID_TOPIC_EXCEPTION, RECORD_LIST_TOO_LARGE, INVALID_REQUIRED_ACKS,

@@ -1,0 +1,101 @@
+//! Delivery against a real Apache Kafka 4, read back with confluent-kafka: a record the
+//! broker refuses for its size is set aside alone and its neighbours land exactly once.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use gtfs_rt_kafka::decode::transit_realtime::{
+    translated_string::Translation, Alert, FeedEntity, FeedHeader, FeedMessage, TranslatedString,
+    VehicleDescriptor, VehiclePosition,
+};
+use prost::Message;
+
+use common::*;
+
+/// 60 small vehicle positions and one alert of ~200 kB, in one feed.
+fn feed_with_one_oversize_entity() -> Vec<u8> {
+    let mut entity: Vec<FeedEntity> = (0..60)
+        .map(|i| FeedEntity {
+            id: Some(format!("vehicle-{i}")),
+            vehicle: Some(Box::new(VehiclePosition {
+                vehicle: Some(VehicleDescriptor {
+                    id: Some(format!("car-{i}")),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })),
+            ..Default::default()
+        })
+        .collect();
+    entity.insert(
+        30,
+        FeedEntity {
+            id: Some("huge-alert".into()),
+            alert: Some(Box::new(Alert {
+                header_text: Some(TranslatedString {
+                    translation: vec![Translation {
+                        text: Some("x".repeat(200_000)),
+                        language: None,
+                    }],
+                }),
+                ..Default::default()
+            })),
+            ..Default::default()
+        },
+    );
+    FeedMessage {
+        header: Some(FeedHeader {
+            gtfs_realtime_version: Some("2.0".into()),
+            timestamp: Some(1_700_000_000),
+            ..Default::default()
+        }),
+        entity,
+    }
+    .encode_to_vec()
+}
+
+#[test]
+fn an_oversize_entity_is_set_aside_and_its_neighbours_land_exactly_once() {
+    let Some(broker) = broker("GRK_TEST_KAFKA4") else {
+        return;
+    };
+    let server = FeedServer::start(Response::Ok(feed_with_one_oversize_entity()));
+    let topic = unique_topic("oversize-entity");
+    let out = std::process::Command::new(BIN)
+        .args(["--once", "--mode", "entity"])
+        .env("VEHICLE_URL", server.url("/feed"))
+        .env("KAFKA_BROKER", &broker)
+        .env("KAFKA_TOPIC", &topic)
+        // The topic takes at most 100,000 bytes per batch: the alert can never fit.
+        .env("CREATE_TOPIC", "true")
+        .env("TOPIC_PARTITIONS", "3")
+        .env("TOPIC_CONFIG", "max.message.bytes=100000")
+        .env("DELIVERY_TIMEOUT", "20")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    let refusals: Vec<&str> = err
+        .lines()
+        .filter(|l| l.contains("refused by the broker"))
+        .collect();
+    assert_eq!(refusals.len(), 1, "{err}");
+    assert!(refusals[0].contains("MESSAGE_TOO_LARGE"), "{}", refusals[0]);
+    assert!(refusals[0].contains("MODE=entity") || refusals[0].contains("max.message.bytes"));
+    assert!(
+        err.contains("1 records refused"),
+        "the last line counts it: {err}"
+    );
+    let records = consume_up_to(&broker, &topic, 61, 8);
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for r in &records {
+        *seen
+            .entry(r["key"].as_str().unwrap_or("").to_string())
+            .or_default() += 1;
+    }
+    assert_eq!(records.len(), 60, "{err}\n{seen:?}");
+    assert!(seen.values().all(|n| *n == 1), "duplicates: {seen:?}");
+    assert!(!seen.contains_key("huge-alert"));
+    std::thread::sleep(Duration::from_millis(10));
+}
