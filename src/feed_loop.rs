@@ -325,7 +325,9 @@ impl FeedLoop {
                             retry_after: f.retry_after(),
                         });
                     }
-                    PollError::Decode { .. } => self.stats.decode_errors += 1,
+                    PollError::Decode { .. } | PollError::TooLarge { .. } => {
+                        self.stats.decode_errors += 1
+                    }
                 }
                 let line = format!("{}poll failed: {e}", self.tag);
                 log::error!("{line}");

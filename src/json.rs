@@ -79,24 +79,84 @@ pub fn transcode_feed(
     names: FieldNames,
     envelope: Option<&Envelope<'_>>,
 ) -> Result<usize, DecodeError> {
-    let feed = decode_entities(body)?;
+    match transcode_feed_within(out, body, names, envelope, usize::MAX) {
+        Ok(n) => Ok(n),
+        Err(WriteError::Decode(e)) => Err(e),
+        // Unreachable without a limit; an empty document is the safe answer.
+        Err(WriteError::TooLarge { .. }) => Ok(0),
+    }
+}
+
+/// Why a document was not written.
+#[derive(Debug)]
+pub enum WriteError {
+    Decode(DecodeError),
+    /// The JSON of the feed's `entities` would be larger than `limit` bytes.
+    TooLarge {
+        limit: usize,
+        entities: usize,
+    },
+}
+
+impl std::fmt::Display for WriteError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WriteError::Decode(e) => e.fmt(f),
+            WriteError::TooLarge { limit, entities } => write!(
+                f,
+                "the JSON of this feed ({entities} entities) would pass MAX_DOCUMENT_BYTES \
+                 ({limit} bytes); refused"
+            ),
+        }
+    }
+}
+
+/// `transcode_feed` with a bound on the document: writing stops (and `out` is left as it
+/// was) as soon as the document would pass `max_bytes`, so memory never follows a feed that
+/// amplifies (a 150 KB feed can make 1 GB of JSON).
+pub fn transcode_feed_within(
+    out: &mut Vec<u8>,
+    body: &[u8],
+    names: FieldNames,
+    envelope: Option<&Envelope<'_>>,
+    max_bytes: usize,
+) -> Result<usize, WriteError> {
+    let feed = decode_entities(body).map_err(WriteError::Decode)?;
     let start = out.len();
-    out.reserve(body.len() * JSON_BYTES_PER_PROTOBUF_BYTE);
-    let mut w = Writer::new(out, names);
+    out.reserve(
+        body.len()
+            .saturating_mul(JSON_BYTES_PER_PROTOBUF_BYTE)
+            .min(max_bytes),
+    );
+    let limit = start.saturating_add(max_bytes);
+    let mut w = Writer::new(out, names).with_limit(limit);
     w.open(b'{');
     w.message(&HEADER, Some(feed.header()), header);
     if !feed.is_empty() {
         w.key(&ENTITY);
         w.open(b'[');
-        if let Err(err) = feed.try_for_each(|msg| w.object(msg, entity)) {
+        let mut written = 0;
+        let result = feed.try_for_each(|msg| {
+            if !w.over {
+                w.object(msg, entity);
+                written += 1;
+            }
+        });
+        if let Err(err) = result {
             // The staged bytes of `w` are dropped with it: they belong to the abandoned document too.
             out.truncate(start);
-            return Err(err);
+            return Err(WriteError::Decode(err));
         }
         w.close(b']');
         w.end_member();
     }
-    w.finish(envelope);
+    if !w.finish(envelope) {
+        out.truncate(start);
+        return Err(WriteError::TooLarge {
+            limit: max_bytes,
+            entities: feed.len(),
+        });
+    }
     Ok(feed.len())
 }
 
@@ -108,14 +168,28 @@ pub fn write_entity(
     names: FieldNames,
     envelope: Option<&Envelope<'_>>,
 ) {
-    out.reserve(256 + estimated_len(entity_msg));
-    let mut w = Writer::new(out, names);
+    write_entity_within(out, header_msg, entity_msg, names, envelope, usize::MAX);
+}
+
+/// `write_entity`, never growing `out` past `limit` bytes in all; false (and `out` partly
+/// written) when it would have.
+pub fn write_entity_within(
+    out: &mut Vec<u8>,
+    header_msg: &FeedHeader,
+    entity_msg: &FeedEntity,
+    names: FieldNames,
+    envelope: Option<&Envelope<'_>>,
+    limit: usize,
+) -> bool {
+    let room = limit.saturating_sub(out.len());
+    out.reserve((256 + estimated_len(entity_msg)).min(room));
+    let mut w = Writer::new(out, names).with_limit(limit);
     w.open(b'{');
     w.key(&HEADER);
     w.object(header_msg, header);
     w.key(&ENTITY);
     w.object(entity_msg, entity);
-    w.finish(envelope);
+    w.finish(envelope)
 }
 
 fn estimated_len(entity: &FeedEntity) -> usize {
@@ -511,6 +585,10 @@ struct Writer<'a> {
     camel: bool,
     stage: [u8; STAGE_LEN],
     staged: usize,
+    /// `out` never grows past this; what would is dropped and `over` set, so a hostile feed
+    /// that amplifies can't take more memory than the bound (the caller refuses the result).
+    limit: usize,
+    over: bool,
 }
 
 impl<'a> Writer<'a> {
@@ -520,14 +598,35 @@ impl<'a> Writer<'a> {
             camel: names == FieldNames::Camel,
             stage: [0; STAGE_LEN],
             staged: 0,
+            limit: usize::MAX,
+            over: false,
         }
+    }
+
+    fn with_limit(mut self, limit: usize) -> Self {
+        self.limit = limit;
+        self
+    }
+
+    /// Appends to `out` within the limit.
+    fn put(&mut self, bytes: &[u8]) {
+        if self.over || self.out.len().saturating_add(bytes.len()) > self.limit {
+            self.over = true;
+            return;
+        }
+        self.out.extend_from_slice(bytes);
     }
 
     // Staging.
 
     fn flush(&mut self) {
-        self.out.extend_from_slice(&self.stage[..self.staged]);
+        let staged = self.staged;
         self.staged = 0;
+        if self.over || self.out.len().saturating_add(staged) > self.limit {
+            self.over = true;
+            return;
+        }
+        self.out.extend_from_slice(&self.stage[..staged]);
     }
 
     /// Makes room for `n <= STAGE_LEN` more staged bytes.
@@ -557,7 +656,7 @@ impl<'a> Writer<'a> {
     fn bytes(&mut self, bytes: &[u8]) {
         if bytes.len() > MAX_PIECE {
             self.flush();
-            self.out.extend_from_slice(bytes);
+            self.put(bytes);
             return;
         }
         self.reserve(bytes.len());
@@ -601,13 +700,15 @@ impl<'a> Writer<'a> {
         self.byte(b',');
     }
 
-    /// Appends the envelope, if any, closes the document and moves the last staged bytes to `out`.
-    fn finish(mut self, envelope: Option<&Envelope<'_>>) {
+    /// Appends the envelope, if any, closes the document and moves the last staged bytes to
+    /// `out`. False when the document went over the writer's limit (and is incomplete).
+    fn finish(mut self, envelope: Option<&Envelope<'_>>) -> bool {
         if let Some(envelope) = envelope {
             self.envelope(envelope);
         }
         self.close(b'}');
         self.flush();
+        !self.over
     }
 
     fn envelope(&mut self, envelope: &Envelope<'_>) {

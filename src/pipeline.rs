@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use crate::config::{Config, Mode, RecordTimestamp, SkipUnchanged};
 use crate::decode::{decode_entities, DecodeError};
 use crate::fetch::{Fetch, FetchError, Fetched, Fetcher};
-use crate::json::{transcode_feed, write_entity, Envelope, FieldNames};
+use crate::json::{transcode_feed_within, write_entity_within, Envelope, FieldNames, WriteError};
 use crate::queue::RecordSpan;
 use crate::sink::Landed;
 
@@ -22,6 +22,8 @@ pub struct Pipeline {
     event_type: String,
     /// Size of the last payload, to allocate the next one in one go.
     last_payload_len: usize,
+    /// MAX_DOCUMENT_BYTES: the poll's JSON never grows past it.
+    max_document_bytes: usize,
     skip_unchanged: SkipUnchanged,
     /// CRC32C and length of the last body that became a snapshot.
     last_body: Option<(u32, usize)>,
@@ -71,7 +73,16 @@ pub struct Polled {
 #[derive(Debug)]
 pub enum PollError {
     Fetch(FetchError),
-    Decode { url: String, error: DecodeError },
+    Decode {
+        url: String,
+        error: DecodeError,
+    },
+    /// The JSON would pass MAX_DOCUMENT_BYTES; refused while written, before it was built.
+    TooLarge {
+        url: String,
+        limit: usize,
+        entities: usize,
+    },
 }
 
 impl fmt::Display for PollError {
@@ -79,6 +90,16 @@ impl fmt::Display for PollError {
         match self {
             PollError::Fetch(e) => e.fmt(f),
             PollError::Decode { url, error } => write!(f, "decode {url}: {error}"),
+            PollError::TooLarge {
+                url,
+                limit,
+                entities,
+            } => write!(
+                f,
+                "convert {url}: the JSON of this feed ({entities} entities) would pass \
+                 MAX_DOCUMENT_BYTES ({limit} bytes); refused (raise MAX_DOCUMENT_BYTES / \
+                 --max-document-bytes if the feed is genuine)"
+            ),
         }
     }
 }
@@ -96,6 +117,7 @@ impl Pipeline {
             source_id: config.source_id.clone(),
             event_type: config.event_type.clone(),
             last_payload_len: 0,
+            max_document_bytes: config.max_document_bytes,
             skip_unchanged: config.skip_unchanged,
             last_body: None,
             last_feed_timestamp: None,
@@ -131,15 +153,21 @@ impl Pipeline {
             Fetch::Body(fetched) => fetched,
             Fetch::NotModified => return Ok(PollOutcome::Unchanged(Unchanged::NotModified)),
         };
-        self.convert(&fetched).map_err(|error| PollError::Decode {
-            url: self.fetcher.redacted_url().to_string(),
-            error,
+        let converted = self.convert(&fetched);
+        let url = self.fetcher.redacted_url().to_string();
+        converted.map_err(|error| match error {
+            WriteError::Decode(error) => PollError::Decode { url, error },
+            WriteError::TooLarge { limit, entities } => PollError::TooLarge {
+                url,
+                limit,
+                entities,
+            },
         })
     }
 
     /// Decodes and converts fetched bytes (a poll's, or an archived capture's in `replay`).
-    pub fn convert(&mut self, fetched: &Fetched) -> Result<PollOutcome, DecodeError> {
-        let feed = decode_entities(&fetched.body)?;
+    pub fn convert(&mut self, fetched: &Fetched) -> Result<PollOutcome, WriteError> {
+        let feed = decode_entities(&fetched.body).map_err(WriteError::Decode)?;
         if let Some(unchanged) = self.unchanged(&fetched.body, feed.header().timestamp) {
             return Ok(PollOutcome::Unchanged(unchanged));
         }
@@ -159,31 +187,56 @@ impl Pipeline {
             }
             _ => send_ms,
         };
-        let mut payload = Vec::with_capacity(self.last_payload_len + 4096);
+        let max = self.max_document_bytes;
+        let mut payload = Vec::with_capacity((self.last_payload_len + 4096).min(max));
         let records = match self.mode {
             Mode::Feed => {
-                transcode_feed(&mut payload, &fetched.body, self.names, Some(&envelope))?;
+                transcode_feed_within(
+                    &mut payload,
+                    &fetched.body,
+                    self.names,
+                    Some(&envelope),
+                    max,
+                )?;
                 vec![span(None, 0, payload.len())]
             }
             Mode::Entity => {
-                let mut records = Vec::with_capacity(feed.len());
+                // Every record repeats the header: the bound is on all of them together.
+                let mut records = Vec::with_capacity(feed.len().min(max / 64));
+                let mut over = false;
                 feed.try_for_each(|entity| {
+                    if over {
+                        return;
+                    }
                     // The key is the entity id; an entity without one gets a null key.
+                    let id = entity.id.as_deref().unwrap_or_default();
+                    if payload.len().saturating_add(id.len()) > max {
+                        over = true;
+                        return;
+                    }
                     let key_start = entity.id.as_ref().map(|id| {
                         let start = payload.len();
                         payload.extend_from_slice(id.as_bytes());
                         start
                     });
                     let value_start = payload.len();
-                    write_entity(
+                    over = !write_entity_within(
                         &mut payload,
                         feed.header(),
                         entity,
                         self.names,
                         Some(&envelope),
+                        max,
                     );
                     records.push(span(key_start, value_start, payload.len()));
-                })?;
+                })
+                .map_err(WriteError::Decode)?;
+                if over {
+                    return Err(WriteError::TooLarge {
+                        limit: max,
+                        entities: feed.len(),
+                    });
+                }
                 records
             }
         };

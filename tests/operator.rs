@@ -244,3 +244,65 @@ fn rust_log_takes_env_logger_filters() {
         "info of other targets shown:\n{log}"
     );
 }
+
+/// Peak RSS (VmHWM) of a running process, in KiB.
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|n| n.parse().ok())
+        .unwrap()
+}
+
+/// A 150 KB feed whose header (a 100 KB version string) each of 10,000 entities repeats in
+/// entity mode: 1 GB of JSON if written. Refused within MAX_DOCUMENT_BYTES, memory stays small,
+/// and the next (sane) poll is delivered.
+#[test]
+fn a_feed_that_amplifies_is_refused_within_the_document_bound() {
+    use gtfs_rt_kafka::decode::transit_realtime::{FeedEntity, FeedHeader, FeedMessage};
+    use prost::Message;
+    let hostile = FeedMessage {
+        header: Some(FeedHeader {
+            gtfs_realtime_version: Some("2".repeat(100_000)),
+            ..Default::default()
+        }),
+        entity: (0..10_000)
+            .map(|i| FeedEntity {
+                id: Some(i.to_string()),
+                ..Default::default()
+            })
+            .collect(),
+    }
+    .encode_to_vec();
+    assert!(hostile.len() < 200_000);
+    let server = FeedServer::script(vec![Response::Ok(hostile), Response::fixture(FIXTURE)]);
+    let daemon = Daemon::start(
+        &[
+            "--sink",
+            "stdout",
+            "--mode",
+            "entity",
+            "--poll-interval",
+            "0.5",
+        ],
+        &[("VEHICLE_URL", &server.url("/f"))],
+    );
+    daemon.wait_for_line("MAX_DOCUMENT_BYTES", Duration::from_secs(20));
+    daemon.wait_for_line("poll ok", Duration::from_secs(20));
+    let peak = peak_rss_kib(daemon.child.id());
+    eprintln!("peak RSS {peak} KiB");
+    let (status, _, log) = daemon.stop(Duration::from_secs(10));
+    assert_eq!(status.code(), Some(0), "{log}");
+    let refusal = log
+        .lines()
+        .find(|l| l.contains("MAX_DOCUMENT_BYTES"))
+        .unwrap();
+    assert!(
+        refusal.contains("10000 entities") && refusal.contains("16777216"),
+        "{refusal}"
+    );
+    assert!(peak < 64 * 1024, "peak RSS {peak} KiB\n{log}");
+    assert!(log.contains("1 decode errors"), "counted: {log}");
+}
