@@ -18,7 +18,7 @@ use crate::queue::Snapshot;
 use crate::schedule::{jitter_noise, next_poll_after, next_step, poll_jitter, Step};
 use crate::sink::{Landed, Sink};
 use crate::spool::SpoolError;
-use crate::stats::{now_unix, FeedStatus, Stats, StatusCell};
+use crate::stats::{now_unix, FeedStatus, LastPoll, Stats, StatusCell};
 
 /// A failed fetch is tried again this many times within its interval, a quarter interval
 /// apart (at most `MAX_FETCH_RETRY_GAP`), before waiting for the next slot.
@@ -308,7 +308,10 @@ impl FeedLoop {
     fn poll_and_send(&mut self, started: Instant, deadline: Instant) -> Result<String, String> {
         self.stats.polls += 1;
         publish_progress(&self.status, &self.outbox, &self.stats);
-        let polled = match self.pipeline.poll() {
+        let polled = self.pipeline.poll();
+        let poll_seconds = started.elapsed().as_secs_f64();
+        self.status.update(|s| s.poll_seconds.observe(poll_seconds));
+        let polled = match polled {
             Ok(PollOutcome::New(p)) => p,
             Ok(PollOutcome::Unchanged(why)) => {
                 self.stats.skipped += 1;
@@ -334,6 +337,14 @@ impl FeedLoop {
                 return Err(line);
             }
         };
+        self.status.update(|s| {
+            s.last_poll = LastPoll {
+                feed_timestamp: polled.feed_timestamp,
+                entities: polled.entities,
+            };
+            s.fetched_bytes += polled.wire_bytes;
+            s.document_bytes += polled.document_bytes as u64;
+        });
         let backlog = self.outbox.len();
         let now_unix = now_unix() as u64;
         let summary = describe_poll(&polled, now_unix);
@@ -377,7 +388,9 @@ impl FeedLoop {
             }
         }
         let last = last.unwrap_or(Landed::Stdout);
-        self.last_send_seconds = Some(started.elapsed().as_secs_f64());
+        let send_seconds = started.elapsed().as_secs_f64();
+        self.last_send_seconds = Some(send_seconds);
+        self.status.update(|s| s.send_seconds.observe(send_seconds));
         let line = format!(
             "{}{}",
             self.tag,

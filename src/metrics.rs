@@ -13,7 +13,7 @@ use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::stats::{now_unix, Board, FeedStatus};
+use crate::stats::{now_unix, Board, FeedStatus, Histogram, DURATION_BUCKETS};
 
 type View = FeedStatus;
 
@@ -21,7 +21,31 @@ type View = FeedStatus;
 /// samples of a metric stay together under one HELP/TYPE, as the format requires).
 pub fn render(feeds: &[(String, View)], now_unix: f64) -> String {
     type Read = fn(&View, f64) -> f64;
-    let metrics: [(&str, &str, &str, Read); 15] = [
+    let metrics: [(&str, &str, &str, Read); 19] = [
+        (
+            "feed_age_seconds",
+            "gauge",
+            "Seconds since the header.timestamp of the last feed fetched (NaN before one).",
+            |v, now| v.feed_age(now).unwrap_or(f64::NAN),
+        ),
+        (
+            "entities",
+            "gauge",
+            "Entities in the last feed fetched.",
+            |v, _| v.last_poll.entities as f64,
+        ),
+        (
+            "fetched_bytes_total",
+            "counter",
+            "Bytes of feed bodies fetched (as on the wire).",
+            |v, _| v.fetched_bytes as f64,
+        ),
+        (
+            "document_bytes_total",
+            "counter",
+            "Bytes of JSON made from the feeds.",
+            |v, _| v.document_bytes as f64,
+        ),
         ("polls_total", "counter", "Polls started.", |v, _| {
             v.stats.polls as f64
         }),
@@ -120,7 +144,119 @@ pub fn render(feeds: &[(String, View)], now_unix: f64) -> String {
             let _ = writeln!(out, "gtfs_rt_kafka_{name}{{feed=\"{label}\"}} {value}");
         }
     }
+    type Hist = fn(&View) -> &Histogram;
+    let histograms: [(&str, &str, Hist); 2] = [
+        (
+            "poll_duration_seconds",
+            "Fetch and convert of each poll.",
+            |v| &v.poll_seconds,
+        ),
+        (
+            "send_duration_seconds",
+            "Poll to acknowledgement of each delivered poll.",
+            |v| &v.send_seconds,
+        ),
+    ];
+    for (name, help, read) in histograms {
+        let _ = writeln!(out, "# HELP gtfs_rt_kafka_{name} {help}");
+        let _ = writeln!(out, "# TYPE gtfs_rt_kafka_{name} histogram");
+        for (feed, view) in feeds {
+            let h = read(view);
+            let label = escape_label(feed);
+            let mut cumulative = 0;
+            for (bound, n) in DURATION_BUCKETS.iter().zip(h.buckets) {
+                cumulative += n;
+                let _ = writeln!(
+                    out,
+                    "gtfs_rt_kafka_{name}_bucket{{feed=\"{label}\",le=\"{bound}\"}} {cumulative}"
+                );
+            }
+            let _ = writeln!(
+                out,
+                "gtfs_rt_kafka_{name}_bucket{{feed=\"{label}\",le=\"+Inf\"}} {}",
+                h.count
+            );
+            let _ = writeln!(
+                out,
+                "gtfs_rt_kafka_{name}_sum{{feed=\"{label}\"}} {}",
+                h.sum
+            );
+            let _ = writeln!(
+                out,
+                "gtfs_rt_kafka_{name}_count{{feed=\"{label}\"}} {}",
+                h.count
+            );
+        }
+    }
+    process_metrics(&mut out);
     out
+}
+
+/// `gtfs_rt_kafka_build_info` and the standard `process_*` metrics, from /proc.
+fn process_metrics(out: &mut String) {
+    let _ = writeln!(out, "# HELP gtfs_rt_kafka_build_info The running version.");
+    let _ = writeln!(out, "# TYPE gtfs_rt_kafka_build_info gauge");
+    let _ = writeln!(
+        out,
+        "gtfs_rt_kafka_build_info{{version=\"{}\"}} 1",
+        env!("CARGO_PKG_VERSION")
+    );
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kib = |field: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(field))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|n| n.parse::<f64>().ok())
+    };
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name in parentheses: utime 14, stime 15, starttime 22 (1-based).
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let field = |n: usize| fields.get(n - 3).and_then(|v| v.parse::<f64>().ok());
+    // Linux reports these in clock ticks of 1/100 s on every platform we ship for.
+    let ticks = 100.0;
+    let cpu = field(14).zip(field(15)).map(|(u, s)| (u + s) / ticks);
+    let boot = std::fs::read_to_string("/proc/stat").ok().and_then(|t| {
+        t.lines()
+            .find(|l| l.starts_with("btime "))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<f64>().ok())
+    });
+    let start = field(22).zip(boot).map(|(st, b)| b + st / ticks);
+    let fds = std::fs::read_dir("/proc/self/fd")
+        .map(|d| d.count() as f64)
+        .ok();
+    let samples = [
+        (
+            "process_resident_memory_bytes",
+            "gauge",
+            "Resident memory in bytes.",
+            kib("VmRSS:").map(|k| k * 1024.0),
+        ),
+        (
+            "process_cpu_seconds_total",
+            "counter",
+            "User and system CPU time in seconds.",
+            cpu,
+        ),
+        ("process_open_fds", "gauge", "Open file descriptors.", fds),
+        (
+            "process_start_time_seconds",
+            "gauge",
+            "Start time since the Unix epoch in seconds.",
+            start,
+        ),
+    ];
+    for (name, kind, help, value) in samples {
+        if let Some(value) = value {
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} {kind}");
+            let _ = writeln!(out, "{name} {value}");
+        }
+    }
 }
 
 fn escape_label(v: &str) -> String {
@@ -275,6 +411,32 @@ mod tests {
         v.last_send_seconds = Some(0.012);
         v.started_unix = 900.0;
         v
+    }
+
+    #[test]
+    fn histograms_feed_age_and_process_metrics() {
+        let mut v = sample();
+        v.poll_seconds.observe(0.02);
+        v.poll_seconds.observe(3.0);
+        v.last_poll.feed_timestamp = Some(1000);
+        v.last_poll.entities = 42;
+        let text = render(&[("f".to_string(), v)], 1030.0);
+        for line in [
+            "gtfs_rt_kafka_poll_duration_seconds_bucket{feed=\"f\",le=\"0.025\"} 1",
+            "gtfs_rt_kafka_poll_duration_seconds_bucket{feed=\"f\",le=\"5\"} 2",
+            "gtfs_rt_kafka_poll_duration_seconds_bucket{feed=\"f\",le=\"+Inf\"} 2",
+            "gtfs_rt_kafka_poll_duration_seconds_count{feed=\"f\"} 2",
+            "gtfs_rt_kafka_feed_age_seconds{feed=\"f\"} 30",
+            "gtfs_rt_kafka_entities{feed=\"f\"} 42",
+            "# TYPE process_resident_memory_bytes gauge",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in\n{text}"
+            );
+        }
+        assert!(text.contains("gtfs_rt_kafka_build_info{version=\""));
+        assert!(text.lines().any(|l| l.starts_with("process_open_fds ")));
     }
 
     #[test]

@@ -63,6 +63,38 @@ impl fmt::Display for Stats {
     }
 }
 
+/// Upper bounds (seconds) of the duration histograms' buckets.
+pub const DURATION_BUCKETS: [f64; 12] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// A Prometheus histogram of durations: cumulative counts per bucket, sum and count.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Histogram {
+    /// Observations at or under each `DURATION_BUCKETS` bound (not cumulative here).
+    pub buckets: [u64; DURATION_BUCKETS.len()],
+    pub sum: f64,
+    pub count: u64,
+}
+
+impl Histogram {
+    pub fn observe(&mut self, seconds: f64) {
+        if let Some(i) = DURATION_BUCKETS.iter().position(|b| seconds <= *b) {
+            self.buckets[i] += 1;
+        }
+        self.sum += seconds;
+        self.count += 1;
+    }
+}
+
+/// What the last successful poll fetched and made.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct LastPoll {
+    /// The feed's `header.timestamp`, Unix seconds.
+    pub feed_timestamp: Option<u64>,
+    pub entities: usize,
+}
+
 /// What a feed loop shows the rest of the process.
 #[derive(Debug, Clone)]
 pub struct FeedStatus {
@@ -89,6 +121,13 @@ pub struct FeedStatus {
     pub finished: bool,
     /// The loop ended because its sink is gone for good; the process should stop.
     pub fatal: bool,
+    pub last_poll: LastPoll,
+    /// Bytes fetched (on the wire) and JSON bytes made, over the run.
+    pub fetched_bytes: u64,
+    pub document_bytes: u64,
+    /// Fetch + convert of each poll, and poll → acknowledgement of each delivered one.
+    pub poll_seconds: Histogram,
+    pub send_seconds: Histogram,
 }
 
 impl FeedStatus {
@@ -108,7 +147,19 @@ impl FeedStatus {
             last_ok: false,
             finished: false,
             fatal: false,
+            last_poll: LastPoll::default(),
+            fetched_bytes: 0,
+            document_bytes: 0,
+            poll_seconds: Histogram::default(),
+            send_seconds: Histogram::default(),
         }
+    }
+
+    /// Seconds since the feed's own `header.timestamp` (the age transit teams alert on).
+    pub fn feed_age(&self, now_unix: f64) -> Option<f64> {
+        self.last_poll
+            .feed_timestamp
+            .map(|ts| (now_unix - ts as f64).max(0.0))
     }
 
     /// Seconds since the last delivery (or since start, before the first one).
