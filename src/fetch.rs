@@ -142,7 +142,18 @@ impl fmt::Display for FetchError {
                 "fetch {url}: HTTP status {status}, Retry-After {}s",
                 d.as_secs()
             ),
-            Self::Status { url, status, .. } => write!(f, "fetch {url}: HTTP status {status}"),
+            Self::Status { url, status, .. } => {
+                write!(f, "fetch {url}: HTTP status {status}")?;
+                f.write_str(match status {
+                    401 | 403 => {
+                        " (the server refused the credentials: check FEED_API_KEY / \
+                         FEED_API_KEY_FILE and where it goes, FEED_API_KEY_PARAM or \
+                         FEED_API_KEY_HEADER)"
+                    }
+                    404 | 410 => " (no feed at that address: check VEHICLE_URL)",
+                    _ => "",
+                })
+            }
             Self::Timeout { url, phase } => write!(f, "fetch {url}: timed out ({phase})"),
             Self::TooLarge {
                 url,
@@ -157,8 +168,19 @@ impl fmt::Display for FetchError {
                 "fetch {url}: body exceeds MAX_BODY_BYTES ({limit}); stopped reading"
             ),
             Self::Connect { url, cause } => write!(f, "fetch {url}: connection failed: {cause}"),
-            Self::Tls { url, cause } => write!(f, "fetch {url}: TLS error: {cause}"),
+            Self::Tls { url, cause } => {
+                write!(f, "fetch {url}: TLS error: {cause}")?;
+                if cause.contains("InvalidContentType") || cause.contains("corrupt message") {
+                    f.write_str(" (the server does not speak TLS here: try http://)")?;
+                }
+                Ok(())
+            }
             Self::Redirects { url, cause } => write!(f, "fetch {url}: {cause}"),
+            Self::Body { url, cause } if cause.contains("lookup address") => write!(
+                f,
+                "fetch {url}: DNS lookup of the host failed: {cause} (check the host in \
+                 VEHICLE_URL and the resolver)"
+            ),
             Self::Body { url, cause } => write!(f, "fetch {url}: reading body failed: {cause}"),
             Self::File { url, cause } => write!(f, "fetch {url}: {cause}"),
             Self::Gzip { url, cause } => write!(f, "fetch {url}: gzip body is corrupt: {cause}"),
@@ -1012,5 +1034,31 @@ mod tests {
         let err = Fetcher::new(&settings(&url, 1 << 20)).fetch().unwrap_err();
         assert_eq!(err.kind(), "too_large", "{err}");
         std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn errors_name_the_cause_and_the_fix() {
+        let status = |code| FetchError::Status {
+            url: "https://x/".into(),
+            status: code,
+            retry_after: None,
+        };
+        assert!(status(401).to_string().contains("FEED_API_KEY"));
+        assert!(status(403).to_string().contains("FEED_API_KEY_HEADER"));
+        assert!(status(404).to_string().contains("check VEHICLE_URL"));
+        assert!(!status(500).to_string().contains('('));
+        let dns = FetchError::Body {
+            url: "https://nowhere.invalid/".into(),
+            cause: "failed to lookup address information: Name or service not known".into(),
+        };
+        assert!(
+            dns.to_string().contains("DNS lookup of the host failed"),
+            "{dns}"
+        );
+        let tls = FetchError::Tls {
+            url: "https://x/".into(),
+            cause: "received corrupt message of type InvalidContentType".into(),
+        };
+        assert!(tls.to_string().contains("try http://"), "{tls}");
     }
 }

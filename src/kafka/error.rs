@@ -268,7 +268,8 @@ impl fmt::Display for KafkaError {
             KafkaError::UnknownTopic { topic, broker, attempts } => write!(
                 f,
                 "kafka broker {broker}: unknown topic {topic} after {attempts} metadata refreshes \
-                 (create it, or enable auto.create.topics.enable on the broker)"
+                 (create it, set CREATE_TOPIC=true, or enable auto.create.topics.enable on the \
+                 broker)"
             ),
             KafkaError::NoBrokerReachable { tried, last } => {
                 write!(f, "kafka: none of {tried} brokers reachable; last error: {last}")
