@@ -118,16 +118,16 @@ impl FeedEntities<'_> {
         Ok(())
     }
 
-    /// decode_feed's error for the body. An entity decoded on its own gets a fresh recursion budget,
-    /// so it fails only where the whole feed fails too; `source` is a fallback that keeps this total.
+    /// The error for a malformed entity: the same kind decode_feed gives for the body (prost's
+    /// own message names the entity's field rather than the feed's path). Never decodes the
+    /// body again: a malformed tail after millions of valid entities must not cost a second,
+    /// whole decode (hundreds of MB for a 16 MiB body).
     fn error(&self, source: prost::DecodeError) -> DecodeError {
-        decode_feed(self.body)
-            .err()
-            .unwrap_or_else(|| DecodeError::Malformed {
-                len: self.body.len(),
-                looks_like: BodyKind::sniff(self.body),
-                source,
-            })
+        DecodeError::Malformed {
+            len: self.body.len(),
+            looks_like: BodyKind::sniff(self.body),
+            source,
+        }
     }
 }
 
@@ -439,7 +439,27 @@ mod tests {
         );
     }
 
-    /// decode_entities must agree with decode_feed: same header and entities, or the same error.
+    /// The same error but for prost's description of where in the message it failed.
+    fn same_kind(a: &DecodeError, b: &DecodeError) -> bool {
+        match (a, b) {
+            (
+                DecodeError::Malformed {
+                    len: la,
+                    looks_like: ka,
+                    ..
+                },
+                DecodeError::Malformed {
+                    len: lb,
+                    looks_like: kb,
+                    ..
+                },
+            ) => la == lb && ka == kb,
+            _ => a == b,
+        }
+    }
+
+    /// decode_entities must agree with decode_feed: same header and entities, or the same kind
+    /// of error.
     fn check_agrees(body: &[u8]) {
         let whole = decode_feed(body);
         let lazy = decode_entities(body).and_then(|feed| {
@@ -453,7 +473,7 @@ mod tests {
                 assert_eq!(feed.header.as_ref(), Some(&header), "{body:?}");
                 assert_eq!(feed.entity, entities, "{body:?}");
             }
-            (Err(a), Err(b)) => assert_eq!(a, b, "{body:?}"),
+            (Err(a), Err(b)) => assert!(same_kind(&a, &b), "{body:?}: {a:?} vs {b:?}"),
             (a, b) => panic!("{body:?}: decode_feed {a:?}, decode_entities {b:?}"),
         }
     }

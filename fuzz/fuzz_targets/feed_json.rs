@@ -1,7 +1,8 @@
 //! Untrusted feed bytes through the whole decode → JSON path, under both key namings: nothing
 //! panics, every document parses as JSON, and the streaming path (`decode_entities` +
 //! `transcode_feed`) agrees with the whole-feed path (`decode_feed` + `write_feed`) byte for byte,
-//! error for error.
+//! and refuses exactly what it refuses, with the same kind of error (the streaming path names
+//! the entity's field where the whole path names the feed's: it never decodes twice).
 #![no_main]
 
 mod alloc_guard;
@@ -17,6 +18,12 @@ use prost::Message as _;
 /// Entities also written one by one (`write_entity`); the same writers as in the whole feed, so
 /// a few suffice.
 const MAX_ENTITY_DOCS: usize = 2;
+
+/// An error without prost's description of where it failed.
+fn kind(e: &gtfs_rt_kafka::decode::DecodeError) -> String {
+    let text = e.to_string();
+    text.split("): ").next().unwrap_or(&text).to_string()
+}
 
 fuzz_target!(|data: &[u8]| {
     let envelope = Envelope {
@@ -45,9 +52,9 @@ fuzz_target!(|data: &[u8]| {
             let b = entities
                 .try_for_each(|_| {})
                 .expect_err("try_for_each accepted what decode_feed refused");
-            assert_eq!(a.to_string(), b.to_string());
+            assert_eq!(kind(a), kind(&b));
         }
-        (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string()),
+        (Err(a), Err(b)) => assert_eq!(kind(a), kind(b)),
         (Ok(_), Err(b)) => panic!("decode_entities refused what decode_feed accepted: {b}"),
     }
     for names in [FieldNames::Proto, FieldNames::Camel] {
@@ -57,7 +64,7 @@ fuzz_target!(|data: &[u8]| {
         let Ok(feed) = &whole else {
             let err =
                 streamed_result.expect_err("transcode_feed accepted what decode_feed refused");
-            assert_eq!(err.to_string(), whole.as_ref().err().unwrap().to_string());
+            assert_eq!(kind(&err), kind(whole.as_ref().err().unwrap()));
             assert_eq!(streamed_doc, b"previous,");
             continue;
         };
