@@ -306,3 +306,30 @@ fn a_feed_that_amplifies_is_refused_within_the_document_bound() {
     assert!(peak < 64 * 1024, "peak RSS {peak} KiB\n{log}");
     assert!(log.contains("1 decode errors"), "counted: {log}");
 }
+
+#[test]
+fn a_kafka_address_that_speaks_http_is_named_as_such() {
+    use std::io::Write;
+    // A web server answers bytes it can't parse with an HTTP error, at once.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            let mut first = [0u8; 64];
+            let _ = stream.read(&mut first);
+            let _ = stream.write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n");
+        }
+    });
+    let out = Command::new(BIN)
+        .args(["--once", "--vehicle-url", &file_url()])
+        .env("KAFKA_BROKER", format!("127.0.0.1:{port}"))
+        .env("DELIVERY_TIMEOUT", "3")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("answered in HTTP: a web server, not a Kafka broker"),
+        "{err}"
+    );
+}

@@ -226,6 +226,11 @@ impl fmt::Display for KafkaError {
                 write!(f, "kafka broker {broker}: no common {api} version: client supports v{}..=v{}", ours.0, ours.1)?;
                 match theirs {
                     Some((min, max)) => write!(f, ", broker v{min}..=v{max}"),
+                    // A KRaft controller answers ApiVersions but offers no Produce.
+                    None if *api == "Produce" => f.write_str(
+                        ", broker does not offer the API (a KRaft controller port? point \
+                         KAFKA_BROKER at a broker listener)",
+                    ),
                     None => f.write_str(", broker does not offer the API"),
                 }
             }

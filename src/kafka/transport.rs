@@ -203,6 +203,15 @@ impl<S: Stream> Transport for StreamTransport<S> {
         let deadline = Instant::now() + timeout;
         let mut prefix = [0u8; 4];
         self.read_full(&mut prefix, deadline)?;
+        if &prefix == b"HTTP" {
+            return Err(KafkaError::Malformed {
+                broker: self.addr.clone(),
+                api: "response",
+                detail: "the address answered in HTTP: a web server, not a Kafka broker \
+                         (check KAFKA_BROKER)"
+                    .to_owned(),
+            });
+        }
         let len = wire::frame_len(prefix).map_err(|detail| {
             if looks_like_tls(prefix) {
                 KafkaError::Tls {
