@@ -20,11 +20,15 @@ fn get(port: u16, path: &str) -> String {
     out
 }
 
-/// `name{labels} value` lines → name → value (labels checked separately).
+/// `name{labels} value` lines of the per-feed series → name → value (labels checked
+/// separately). Histogram buckets (an `le` label too), `build_info` and the `process_*`
+/// series (no feed label) are left out.
 fn parse(exposition: &str) -> HashMap<String, f64> {
     exposition
         .lines()
         .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter(|l| l.starts_with("gtfs_rt_kafka_") && !l.contains("_bucket{"))
+        .filter(|l| !l.starts_with("gtfs_rt_kafka_build_info"))
         .filter_map(|l| {
             let (series, value) = l.rsplit_once(' ')?;
             let name = series.split('{').next()?;
