@@ -99,3 +99,69 @@ fn an_oversize_entity_is_set_aside_and_its_neighbours_land_exactly_once() {
     assert!(!seen.contains_key("huge-alert"));
     std::thread::sleep(Duration::from_millis(10));
 }
+
+/// Deletes `topic` with confluent-kafka's admin client and waits until the broker forgets it.
+fn delete_topic(broker: &str, topic: &str) {
+    let script = r#"
+import sys, time
+from confluent_kafka.admin import AdminClient
+a = AdminClient({"bootstrap.servers": sys.argv[1]})
+a.delete_topics([sys.argv[2]])[sys.argv[2]].result(30)
+for _ in range(100):
+    if sys.argv[2] not in a.list_topics(timeout=10).topics:
+        sys.exit(0)
+    time.sleep(0.1)
+sys.exit("still listed")
+"#;
+    let python = std::env::var("GRK_PYTHON").unwrap_or_else(|_| "python3".into());
+    let out = std::process::Command::new(python)
+        .args(["-c", script, broker, topic])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A topic deleted and recreated (a new topic id) under a running producer: the next polls
+/// deliver into the new topic within seconds (UNKNOWN_TOPIC_ID refreshes metadata at once),
+/// not after the 5-minute metadata age.
+#[test]
+fn a_recreated_topic_gets_the_next_polls() {
+    let Some(broker) = broker("GRK_TEST_KAFKA4") else {
+        return;
+    };
+    let server = FeedServer::start(Response::fixture("mbta-vp-1.pb"));
+    let topic = unique_topic("recreated");
+    create_topic(&broker, &topic, 1);
+    let daemon = Daemon::start(
+        &["--poll-interval", "0.5"],
+        &[
+            ("VEHICLE_URL", &server.url("/feed")),
+            ("KAFKA_BROKER", &broker),
+            ("KAFKA_TOPIC", &topic),
+        ],
+    );
+    daemon.wait_for_line("poll ok", Duration::from_secs(20));
+    delete_topic(&broker, &topic);
+    create_topic(&broker, &topic, 1);
+    let recreated_at = std::time::Instant::now();
+    // A poll delivered from now on went into the new topic (the old one is gone).
+    let before = daemon.log().matches("poll ok:").count();
+    while daemon.log().matches("poll ok:").count() <= before {
+        assert!(
+            recreated_at.elapsed() < Duration::from_secs(15),
+            "no delivery into the recreated topic within 15 s:\n{}",
+            daemon.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let took = recreated_at.elapsed();
+    let (status, _, log) = daemon.stop(Duration::from_secs(15));
+    assert_eq!(status.code(), Some(0), "{log}");
+    let records = consume_up_to(&broker, &topic, 1, 10);
+    assert!(!records.is_empty(), "nothing in the recreated topic\n{log}");
+    assert!(took < Duration::from_secs(15), "{took:?}");
+}
