@@ -376,9 +376,19 @@ impl FeedLoop {
             publish_progress(&self.status, &self.outbox, &self.stats);
             match sent {
                 Ok(sent) => last = sent.last.or(last),
+                Err(e) if self.outbox.is_empty() => {
+                    // Nothing left to retry: what was not delivered was refused and set
+                    // aside (its own error line says which record, how large, and why).
+                    let line = format!(
+                        "{}poll ok: {summary}; partly refused by the broker: {e}",
+                        self.tag
+                    );
+                    log::warn!("{line}");
+                    return Err(line);
+                }
                 Err(e) => {
                     let line = format!(
-                        "{}poll ok: {summary}; not delivered yet ({} queued): {e}",
+                        "{}poll ok: {summary}; not delivered yet ({} snapshots queued, retried): {e}",
                         self.tag,
                         self.outbox.len()
                     );

@@ -232,16 +232,66 @@ fn idle_and_churning_metrics_clients_never_delay_polls_or_shutdown() {
         ],
     );
     daemon.wait_for_line("metrics on", Duration::from_secs(5));
+    let target: std::net::SocketAddr = addr.parse().unwrap();
     let mut idle: Vec<TcpStream> = (0..300)
-        .filter_map(|_| TcpStream::connect(&addr).ok())
+        .filter_map(|_| TcpStream::connect_timeout(&target, Duration::from_millis(100)).ok())
         .collect();
     assert!(idle.len() >= 100, "only {} connections", idle.len());
+    // Meanwhile: a client sending a 10 MB request, a slowloris sending a byte every 100 ms,
+    // and 100 scrapes a second.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut hostile = Vec::new();
+    {
+        let addr = addr.clone();
+        hostile.push(std::thread::spawn(move || {
+            let target: std::net::SocketAddr = addr.parse().unwrap();
+            if let Ok(mut s) = TcpStream::connect_timeout(&target, Duration::from_secs(2)) {
+                let chunk = vec![b'A'; 64 * 1024];
+                for _ in 0..160 {
+                    if std::io::Write::write_all(&mut s, &chunk).is_err() {
+                        break;
+                    }
+                }
+            }
+        }));
+    }
+    for _ in 0..4 {
+        let (addr, stop) = (addr.clone(), stop.clone());
+        hostile.push(std::thread::spawn(move || {
+            let target: std::net::SocketAddr = addr.parse().unwrap();
+            let Ok(mut s) = TcpStream::connect_timeout(&target, Duration::from_secs(2)) else {
+                return;
+            };
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                if std::io::Write::write_all(&mut s, b"G").is_err() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }));
+    }
+    let scrapes = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    for _ in 0..8 {
+        let (addr, stop, scrapes) = (addr.clone(), stop.clone(), scrapes.clone());
+        hostile.push(std::thread::spawn(move || {
+            let target: std::net::SocketAddr = addr.parse().unwrap();
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                // Counted as tried whether or not the (full) backlog takes it.
+                scrapes.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                if let Ok(mut s) = TcpStream::connect_timeout(&target, Duration::from_millis(50)) {
+                    let _ = std::io::Write::write_all(&mut s, b"GET /metrics HTTP/1.1\r\n\r\n");
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }));
+    }
     let before = server.requests();
     let t0 = Instant::now();
     while t0.elapsed() < Duration::from_secs(5) {
         // Ten new idle clients a second, each sending half a request line.
+        let target: std::net::SocketAddr = addr.parse().unwrap();
         for _ in 0..10 {
-            if let Ok(mut s) = TcpStream::connect(&addr) {
+            if let Ok(mut s) = TcpStream::connect_timeout(&target, Duration::from_millis(50)) {
                 let _ = std::io::Write::write_all(&mut s, b"GET /met");
                 idle.push(s);
             }
@@ -259,10 +309,17 @@ fn idle_and_churning_metrics_clients_never_delay_polls_or_shutdown() {
         "polls {:?} apart",
         server.max_gap()
     );
+    assert!(
+        scrapes.load(std::sync::atomic::Ordering::SeqCst) >= 500,
+        "the scraper did not run (100 scrapes a second tried)"
+    );
     let (status, took, log) = daemon.stop(Duration::from_secs(10));
     assert_eq!(status.code(), Some(0), "{log}");
     assert!(took < Duration::from_secs(2), "exit took {took:?}\n{log}");
+    // The hostile clients end on their own (the listener is gone); not waited for.
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
     drop(idle);
+    drop(hostile);
 }
 
 #[test]
