@@ -395,7 +395,16 @@ impl Producer {
                     }
                     Err(e) if e.is_retriable() => {
                         log::debug!("will retry: {e}");
-                        last = Some(e);
+                        // A refresh that timed out (often cut short by the deadline itself)
+                        // says less than what made us refresh (no leader, a moved
+                        // partition): keep that.
+                        let timed_out = matches!(
+                            e,
+                            KafkaError::Timeout { .. } | KafkaError::NoBrokerReachable { .. }
+                        );
+                        if last.is_none() || !timed_out {
+                            last = Some(e);
+                        }
                         retry_due = true;
                         continue;
                     }
