@@ -380,7 +380,7 @@ impl FeedLoop {
                     // Nothing left to retry: what was not delivered was refused and set
                     // aside (its own error line says which record, how large, and why).
                     let line = format!(
-                        "{}poll ok: {summary}; partly refused by the broker: {e}",
+                        "{}poll ok: {summary}; delivered but for what the broker refused: {e}",
                         self.tag
                     );
                     log::warn!("{line}");
