@@ -439,12 +439,7 @@ impl Raw<'_> {
                 });
             }
         }
-        let envs = SETTINGS
-            .iter()
-            .filter_map(|s| s.env)
-            .chain(KAFKA_PROPERTIES.iter().map(|(_, env)| *env))
-            .chain(["KAFKA_SASL_PASSWORD_FILE", "FEED_API_KEY"]);
-        for env in envs {
+        for env in setting_env_names() {
             if (self.env)(env).is_some_and(|v| v.trim().is_empty()) {
                 let flag = SETTINGS.iter().find(|s| s.env == Some(env));
                 return Err(ConfigError {
@@ -562,15 +557,8 @@ fn run_from_file(raw: &Raw, setting: &str, path: &str) -> Result<RunConfig, Conf
     };
     let text = std::fs::read_to_string(path).map_err(|e| file_error(e.to_string()))?;
     let file = config_file::parse(&text).map_err(|e| file_error(e.to_string()))?;
-    // Every env var name is a key: the flag-backed settings, the Kafka security properties,
-    // and the secrets that are env/file only.
-    let known: Vec<String> = SETTINGS
-        .iter()
-        .filter_map(|s| s.env)
-        .chain(KAFKA_PROPERTIES.iter().map(|(_, env)| *env))
-        .chain(["KAFKA_SASL_PASSWORD_FILE", "FEED_API_KEY"])
-        .map(str::to_ascii_lowercase)
-        .collect();
+    // Every setting's env var name is a key.
+    let known: Vec<String> = setting_env_names().map(str::to_ascii_lowercase).collect();
     let all_keys = file.defaults.iter().chain(file.feeds.iter().flatten());
     if let Some((key, _)) = all_keys.clone().find(|(k, _)| !known.contains(k)) {
         let hint = match closest_setting(key) {
@@ -651,13 +639,8 @@ fn run_from_file(raw: &Raw, setting: &str, path: &str) -> Result<RunConfig, Conf
 
 /// Every environment variable this program reads.
 fn known_env_names() -> Vec<&'static str> {
-    SETTINGS
-        .iter()
-        .filter_map(|s| s.env)
-        .chain(KAFKA_PROPERTIES.iter().map(|(_, env)| *env))
+    setting_env_names()
         .chain([
-            "KAFKA_SASL_PASSWORD_FILE",
-            "FEED_API_KEY",
             "STATE_DIRECTORY",
             "NOTIFY_SOCKET",
             "WATCHDOG_USEC",
@@ -666,12 +649,27 @@ fn known_env_names() -> Vec<&'static str> {
         .collect()
 }
 
+/// The env var of every setting: the flag-backed ones, the Kafka security properties, and the
+/// secrets that are env/file only. Config-file keys are these in any case.
+fn setting_env_names() -> impl Iterator<Item = &'static str> {
+    SETTINGS
+        .iter()
+        .filter_map(|s| s.env)
+        .chain(KAFKA_PROPERTIES.iter().map(|(_, env)| *env))
+        .chain(["KAFKA_SASL_PASSWORD_FILE", "FEED_API_KEY"])
+}
+
 /// The known name closest to `name` when it is a likely typo of it (a letter or two off).
 pub fn closest_setting(name: &str) -> Option<&'static str> {
+    closest_in(name, &known_env_names())
+}
+
+fn closest_in(name: &str, known: &[&'static str]) -> Option<&'static str> {
     let upper = name.to_ascii_uppercase();
     let allowed = if upper.len() >= 8 { 2 } else { 1 };
-    known_env_names()
-        .into_iter()
+    known
+        .iter()
+        .copied()
         .map(|known| (edit_distance(&upper, known), known))
         // Distance 0 here is the right name in the wrong case (`kafka_topic`): still a typo
         // for the environment, which is case-sensitive.
@@ -686,7 +684,7 @@ pub fn lookalike_env(names: impl Iterator<Item = String>) -> Vec<(String, &'stat
     let known = known_env_names();
     names
         .filter(|n| !known.contains(&n.as_str()))
-        .filter_map(|n| closest_setting(&n).map(|k| (n, k)))
+        .filter_map(|n| closest_in(&n, &known).map(|k| (n, k)))
         .collect()
 }
 

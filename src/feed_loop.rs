@@ -228,11 +228,17 @@ impl FeedLoop {
         }
     }
 
+    /// Publishes everything, and whether a step is under way (`busy_since`).
     fn publish(&self, busy_since: Option<Instant>) {
+        self.publish_results();
+        self.status.update(|s| s.busy_since = busy_since);
+    }
+
+    /// Publishes counters, queue and the last poll's outcome; leaves `busy_since` alone.
+    fn publish_results(&self) {
         publish_progress(&self.status, &self.outbox, &self.stats);
         self.status.update(|s| {
             s.last_send_seconds = self.last_send_seconds;
-            s.busy_since = busy_since;
             s.last_ok = self.last_ok;
             if s.last_line != self.last_line {
                 s.last_line = self.last_line.clone();
@@ -413,7 +419,8 @@ impl FeedLoop {
     /// The feed's node_exporter textfile, rewritten after each poll.
     fn write_metrics_textfile(&self) {
         if let Some(path) = &self.config.metrics_textfile {
-            self.publish(None);
+            // The step under way is not over: the watchdog still sees it busy.
+            self.publish_results();
             let views = [(self.config.source_id.clone(), self.status.get())];
             if let Err(e) = metrics::write_textfile(path, &views) {
                 log::warn!("{}metrics textfile {}: {e}", self.tag, path.display());

@@ -72,19 +72,17 @@ pub fn retry_delay(failures: u32, noise: u64) -> Duration {
 }
 
 /// A feed's stable offset within its interval, so many feeds in one process spread their polls
-/// instead of all polling in the same instant. Derived from `source_id` (FNV-1a), so it stays
-/// the same across restarts and reloads. A process with a single feed polls at once.
+/// instead of all polling in the same instant. Derived from `source_id` (its CRC32C, already
+/// linked for the spool), so it stays the same across restarts and reloads. A process with a
+/// single feed polls at once.
 pub fn phase(source_id: &str, interval: Duration, n_feeds: usize) -> Duration {
     if n_feeds <= 1 {
         return Duration::ZERO;
     }
-    let hash = source_id.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    });
-    let micros = u64::try_from(interval.as_micros())
-        .unwrap_or(u64::MAX)
-        .max(1);
-    Duration::from_micros(hash % micros)
+    // The 32-bit hash scaled onto the interval, so long intervals are spread over whole.
+    let micros = interval.as_micros();
+    let scaled = (micros * u128::from(crc32c::crc32c(source_id.as_bytes()))) >> 32;
+    Duration::from_micros(u64::try_from(scaled).unwrap_or(u64::MAX))
 }
 
 /// Cheap per-call noise for jitter; no RNG crate needed.

@@ -207,6 +207,11 @@ impl StatusCell {
         self.lock().clone()
     }
 
+    /// Reads the status in place, without a copy; `read` must not block.
+    pub fn with<R>(&self, read: impl FnOnce(&FeedStatus) -> R) -> R {
+        read(&self.lock())
+    }
+
     /// Changes the status in place; `change` must not block.
     pub fn update(&self, change: impl FnOnce(&mut FeedStatus)) {
         change(&mut self.lock());

@@ -20,7 +20,7 @@ use crate::queue::Snapshot;
 use crate::schedule::phase;
 use crate::signals::Signals;
 use crate::sink::{Clusters, KafkaSink, Sink, StdoutSink};
-use crate::stats::{Board, Stats, StatusCell};
+use crate::stats::{Board, FeedStatus, Stats, StatusCell};
 
 /// The longest the supervisor waits between looks at its feeds (reloads, retirements).
 const TICK: Duration = Duration::from_secs(1);
@@ -197,10 +197,10 @@ impl Supervisor<'_> {
                 self.reload();
             }
             self.tend();
-            if self.process.once && self.feeds.iter().all(|f| f.status.get().finished) {
+            if self.process.once && self.feeds.iter().all(|f| f.status.with(|s| s.finished)) {
                 break;
             }
-            if self.feeds.iter().any(|f| f.status.get().fatal) {
+            if self.feeds.iter().any(|f| f.status.with(|s| s.fatal)) {
                 break;
             }
             self.notify();
@@ -227,7 +227,7 @@ impl Supervisor<'_> {
             log::info!(
                 "{}stopped (removed from the config): {}",
                 r.tag,
-                r.status.get().final_stats()
+                r.status.with(FeedStatus::final_stats)
             );
             join(r.handle);
         }
@@ -343,21 +343,19 @@ impl Supervisor<'_> {
     /// the last poll line changes.
     fn notify(&mut self) {
         let now = Instant::now();
-        let statuses: Vec<_> = self.feeds.iter().map(|r| r.status.get()).collect();
         if let Some(interval) = self.notifier.watchdog_interval() {
             let due = self.last_watchdog.is_none_or(|t| now >= t + interval);
-            let stuck = statuses.iter().any(|s| s.stuck(now));
-            if due && !stuck {
+            if due && !self.feeds.iter().any(|r| r.status.with(|s| s.stuck(now))) {
                 self.notifier.watchdog();
                 self.last_watchdog = Some(now);
             }
         }
-        let line = match statuses.as_slice() {
-            [one] => one.last_line.clone(),
+        let line = match self.feeds.as_slice() {
+            [one] => one.status.with(|s| s.last_line.clone()),
             many => Some(format!(
                 "{} feeds, {} with their last poll delivered",
                 many.len(),
-                many.iter().filter(|s| s.last_ok).count()
+                many.iter().filter(|r| r.status.with(|s| s.last_ok)).count()
             )),
         };
         if line.is_some() && line != self.last_status {
@@ -386,7 +384,7 @@ impl Supervisor<'_> {
             .chain(self.replacing.iter().map(|(r, _)| r))
             .collect();
         while Instant::now() < deadline + EXIT_GRACE
-            && !everyone.iter().all(|r| r.status.get().finished)
+            && !everyone.iter().all(|r| r.status.with(|s| s.finished))
         {
             std::thread::sleep(Duration::from_millis(10));
         }

@@ -100,31 +100,6 @@ fn an_oversize_entity_is_set_aside_and_its_neighbours_land_exactly_once() {
     std::thread::sleep(Duration::from_millis(10));
 }
 
-/// Deletes `topic` with confluent-kafka's admin client and waits until the broker forgets it.
-fn delete_topic(broker: &str, topic: &str) {
-    let script = r#"
-import sys, time
-from confluent_kafka.admin import AdminClient
-a = AdminClient({"bootstrap.servers": sys.argv[1]})
-a.delete_topics([sys.argv[2]])[sys.argv[2]].result(30)
-for _ in range(100):
-    if sys.argv[2] not in a.list_topics(timeout=10).topics:
-        sys.exit(0)
-    time.sleep(0.1)
-sys.exit("still listed")
-"#;
-    let python = std::env::var("GRK_PYTHON").unwrap_or_else(|_| "python3".into());
-    let out = std::process::Command::new(python)
-        .args(["-c", script, broker, topic])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// A topic deleted and recreated (a new topic id) under a running producer: the next polls
 /// deliver into the new topic within seconds (UNKNOWN_TOPIC_ID refreshes metadata at once),
 /// not after the 5-minute metadata age.

@@ -380,7 +380,8 @@ pub fn unique_topic(prefix: &str) -> String {
     format!("e2e-{prefix}-{}-{nanos}", std::process::id())
 }
 
-fn python() -> String {
+/// The Python with the test tools (`GRK_PYTHON`, set by scripts/test to the project venv).
+pub fn python() -> String {
     std::env::var("GRK_PYTHON").unwrap_or_else(|_| "python3".to_string())
 }
 
@@ -394,6 +395,30 @@ pub fn create_topic(broker: &str, topic: &str, partitions: u32) {
     assert!(
         out.status.success(),
         "create_topic: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Deletes `topic` with confluent-kafka's admin client and waits until the broker forgets it.
+pub fn delete_topic(broker: &str, topic: &str) {
+    let script = r#"
+import sys, time
+from confluent_kafka.admin import AdminClient
+a = AdminClient({"bootstrap.servers": sys.argv[1]})
+a.delete_topics([sys.argv[2]])[sys.argv[2]].result(30)
+for _ in range(100):
+    if sys.argv[2] not in a.list_topics(timeout=10).topics:
+        sys.exit(0)
+    time.sleep(0.1)
+sys.exit("still listed")
+"#;
+    let out = Command::new(python())
+        .args(["-c", script, broker, topic])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "delete_topic: {}",
         String::from_utf8_lossy(&out.stderr)
     );
 }
@@ -512,6 +537,21 @@ impl Drop for Daemon {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Runs the binary with `args` and `env`, expecting a refusal at start: exit 2 and exactly one
+/// line on stderr, which it returns.
+pub fn refused_at_start(args: &[&str], env: &[(&str, &std::ffi::OsStr)]) -> String {
+    let mut command = Command::new(BIN);
+    command.args(args);
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    let out = command.output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(2), "{args:?} {env:?}: {err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    err
 }
 
 /// A TCP peer that accepts connections and never says a word: a hung broker or server.
