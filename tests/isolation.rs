@@ -520,3 +520,36 @@ fn process_settings_inside_a_feed_and_empty_values_are_refused() {
         "{err}"
     );
 }
+
+#[test]
+fn a_second_sigquit_exits_at_once_with_131() {
+    let server = FeedServer::start(Response::Hang);
+    let mut daemon = Daemon::start(
+        &[],
+        &[
+            ("VEHICLE_URL", &server.url("/f")),
+            ("SINK", "stdout"),
+            ("HTTP_TIMEOUT", "30"),
+            ("SHUTDOWN_TIMEOUT", "20"),
+        ],
+    );
+    server.wait_for_requests(1, Duration::from_secs(5));
+    daemon.signal("QUIT");
+    std::thread::sleep(Duration::from_millis(300));
+    daemon.signal("QUIT");
+    let status = wait_timeout(&mut daemon.child, Duration::from_secs(3)).expect("no exit");
+    assert_eq!(status.code(), Some(131), "{}", daemon.log());
+}
+
+/// README: `docker stop` kills 10 s after SIGTERM, so the image's SHUTDOWN_TIMEOUT leaves the
+/// process (which exits by SHUTDOWN_TIMEOUT + 1 s) its last line.
+#[test]
+fn the_scratch_image_shutdown_timeout_fits_docker_stop() {
+    let dockerfile = std::fs::read_to_string(repo_path("Dockerfile.scratch")).unwrap();
+    let value: f64 = dockerfile
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("SHUTDOWN_TIMEOUT="))
+        .map(|v| v.trim_end_matches(['\\', ' ']).parse().unwrap())
+        .expect("Dockerfile.scratch sets SHUTDOWN_TIMEOUT");
+    assert!(value + 1.0 < 10.0, "SHUTDOWN_TIMEOUT={value} in the image");
+}
