@@ -6,6 +6,7 @@
 //! `FeedControl`, so the supervisor's orders wake it at once; it publishes its status after
 //! every step.
 
+use std::io::Write as _;
 use std::time::{Duration, Instant};
 
 use crate::config::Config;
@@ -481,7 +482,9 @@ impl FeedLoop {
                 }
             }
             if on_terminal {
-                eprint!(
+                // A progress line for a person watching; a write error is not worth a panic.
+                let _ = write!(
+                    std::io::stderr().lock(),
                     "\rreplay: {}/{} files, {} delivered, {} failed ",
                     i + 1,
                     files.len(),
@@ -498,7 +501,7 @@ impl FeedLoop {
             }
         }
         if on_terminal {
-            eprintln!();
+            let _ = writeln!(std::io::stderr().lock());
         }
         self.outbox
             .drain(Instant::now(), &mut self.stats, &mut |_, _| {});

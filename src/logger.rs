@@ -106,6 +106,23 @@ impl Log for StderrLogger {
     }
 }
 
+/// A line outside the logger (usage errors, `convert`, `replay`): `gtfs-rt-kafka: ` and the
+/// text, escaped like a log message. A closed stderr loses the line; it never panics (the
+/// `eprintln!` macro does, and `panic = "abort"` would turn that into SIGABRT).
+pub fn print_error(text: &str) {
+    let mut line = String::with_capacity(text.len() + 16);
+    line.push_str("gtfs-rt-kafka: ");
+    escape_into(&mut line, text);
+    line.push('\n');
+    let _ = std::io::stderr().lock().write_all(line.as_bytes());
+}
+
+/// Help and version text to stdout; a closed stdout is not an error worth a panic.
+pub fn print_out(text: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
+}
+
 /// Installs the logger; a second call (tests) leaves the first in place.
 pub fn init(filter: LogFilter) {
     let max = filter.max();

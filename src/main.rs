@@ -26,11 +26,11 @@ fn main() -> ExitCode {
     let env = |name: &str| std::env::var(name).ok();
     match config::parse(std::env::args().skip(1), &env) {
         Ok(Command::Help) => {
-            print!("{}", config::HELP);
+            logger::print_out(config::HELP);
             ExitCode::SUCCESS
         }
         Ok(Command::Version) => {
-            println!("gtfs-rt-kafka {}", env!("CARGO_PKG_VERSION"));
+            logger::print_out(&format!("gtfs-rt-kafka {}\n", env!("CARGO_PKG_VERSION")));
             ExitCode::SUCCESS
         }
         Ok(Command::Convert(c)) => convert(&c),
@@ -41,7 +41,7 @@ fn main() -> ExitCode {
             inputs,
         }) => replay(&process, &config, &inputs),
         Err(e) => {
-            eprintln!("gtfs-rt-kafka: {e}");
+            logger::print_error(&e.to_string());
             ExitCode::from(EXIT_CONFIG)
         }
     }
@@ -93,7 +93,7 @@ fn replay(process: &ProcessConfig, config: &Config, inputs: &[String]) -> ExitCo
     let files = match replay_files(inputs) {
         Ok(f) => f,
         Err(e) => {
-            eprintln!("gtfs-rt-kafka: replay: {e}");
+            logger::print_error(&format!("replay: {e}"));
             return ExitCode::from(EXIT_CONFIG);
         }
     };
@@ -174,7 +174,7 @@ fn convert(c: &ConvertConfig) -> ExitCode {
     let bytes = match read_input(c.input.as_deref()) {
         Ok(b) => b,
         Err(e) => {
-            eprintln!("gtfs-rt-kafka: convert {name}: {e}");
+            logger::print_error(&format!("convert {name}: {e}"));
             return ExitCode::from(EXIT_FAILED);
         }
     };
@@ -188,13 +188,13 @@ fn convert(c: &ConvertConfig) -> ExitCode {
     };
     let mut out = Vec::new();
     if let Err(e) = transcode_feed(&mut out, &bytes, c.names, Some(&envelope)) {
-        eprintln!("gtfs-rt-kafka: convert {name}: {e}");
+        logger::print_error(&format!("convert {name}: {e}"));
         return ExitCode::from(EXIT_FAILED);
     }
     out.push(b'\n');
     let mut stdout = std::io::stdout().lock();
     if let Err(e) = stdout.write_all(&out).and_then(|_| stdout.flush()) {
-        eprintln!("gtfs-rt-kafka: convert {name}: writing stdout failed: {e}");
+        logger::print_error(&format!("convert {name}: writing stdout failed: {e}"));
         return ExitCode::from(EXIT_FAILED);
     }
     ExitCode::SUCCESS

@@ -47,6 +47,36 @@ fn a_closed_stderr_never_aborts_the_process() {
     let status = wait_timeout(&mut child, Duration::from_secs(10)).expect("no exit");
     assert_eq!(status.code(), Some(0), "{status:?}");
     assert!(!doc.is_empty());
+
+    // The lines written outside the logger, into a stderr pipe whose reader is gone: a
+    // refused setting (exit 2), `convert` of a missing file (exit 1), `--version` and
+    // `--help` into a broken stdout too (exit 0). Never 134 (SIGABRT from a panic).
+    for (args, code) in [
+        (&["--poll-interval", "0"][..], 2),
+        (&["convert", "/nonexistent.pb"][..], 1),
+        (&["--version"][..], 0),
+        (&["--help"][..], 0),
+    ] {
+        let status = Command::new(BIN)
+            .args(args)
+            .stdout(broken_pipe())
+            .stderr(broken_pipe())
+            .status()
+            .unwrap();
+        assert_eq!(status.code(), Some(code), "{args:?}: {status:?}");
+    }
+}
+
+/// The write end of a pipe whose read end is already closed: every write fails with EPIPE.
+fn broken_pipe() -> Stdio {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let mut fds = [0; 2];
+    // SAFETY: `fds` is a valid array of two ints for pipe(2) to fill.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    // SAFETY: pipe(2) succeeded, so both descriptors are open and owned by nobody else.
+    let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    drop(read);
+    Stdio::from(write)
 }
 
 #[test]
