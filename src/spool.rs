@@ -27,11 +27,50 @@ const REJECTED_DIR: &str = "rejected";
 pub struct SpoolError {
     pub path: PathBuf,
     pub cause: std::io::Error,
+    /// For "permission denied": who owns the directory and who this process is, the two
+    /// numbers an operator needs to fix a volume (`chown`), e.g. in a container as 65534.
+    access: Option<String>,
+}
+
+impl SpoolError {
+    fn new(path: PathBuf, cause: std::io::Error) -> SpoolError {
+        let access = (cause.kind() == std::io::ErrorKind::PermissionDenied)
+            .then(|| access_of(&path))
+            .flatten();
+        SpoolError {
+            path,
+            cause,
+            access,
+        }
+    }
+}
+
+/// "directory owned by uid 0 gid 0, mode 755; this process runs as uid 65534", from the
+/// nearest existing directory at or above `path`. The process's uid is the owner of
+/// `/proc/self` (no libc call needed).
+fn access_of(path: &Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let dir = path.ancestors().find(|p| p.is_dir())?;
+    let meta = fs::metadata(dir).ok()?;
+    let me = fs::metadata("/proc/self").ok()?;
+    Some(format!(
+        "{} is owned by uid {} gid {}, mode {:o}; this process runs as uid {} gid {}",
+        dir.display(),
+        meta.uid(),
+        meta.gid(),
+        meta.mode() & 0o7777,
+        me.uid(),
+        me.gid()
+    ))
 }
 
 impl fmt::Display for SpoolError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "spool {}: {}", self.path.display(), self.cause)
+        write!(f, "spool {}: {}", self.path.display(), self.cause)?;
+        if let Some(access) = &self.access {
+            write!(f, " ({access})")?;
+        }
+        Ok(())
     }
 }
 
@@ -58,10 +97,7 @@ impl Spool {
     /// (not symlinks, FIFOs or devices) of at most `max_file_bytes` are read; others are
     /// reported and left alone, so no file can hang or exhaust the start.
     pub fn open(dir: &Path, max_file_bytes: u64) -> Result<(Spool, Recovered), SpoolError> {
-        let err = |cause| SpoolError {
-            path: dir.to_path_buf(),
-            cause,
-        };
+        let err = |cause| SpoolError::new(dir.to_path_buf(), cause);
         fs::create_dir_all(dir).map_err(err)?;
         probe(dir)?;
         let mut names: Vec<(u64, PathBuf)> = fs::read_dir(dir)
@@ -121,17 +157,15 @@ impl Spool {
     /// for a torn snapshot.
     pub fn write(&self, snapshot: &Snapshot) -> Result<(), SpoolError> {
         let path = self.path(snapshot.seq);
-        let mut file = fs::File::create(&path).map_err(|cause| SpoolError {
-            path: path.clone(),
-            cause,
-        })?;
+        let mut file =
+            fs::File::create(&path).map_err(|cause| SpoolError::new(path.clone(), cause))?;
         let written = file
             .write_all(&encode(snapshot))
             .and_then(|_| file.sync_data());
         if let Err(cause) = written {
             drop(file);
             let _ = fs::remove_file(&path);
-            return Err(SpoolError { path, cause });
+            return Err(SpoolError::new(path, cause));
         }
         Ok(())
     }
@@ -152,10 +186,7 @@ impl Spool {
         let target = dir.join(format!("{seq:020}{SUFFIX}"));
         fs::create_dir_all(&dir)
             .and_then(|_| fs::rename(self.path(seq), &target))
-            .map_err(|cause| SpoolError {
-                path: target.clone(),
-                cause,
-            })?;
+            .map_err(|cause| SpoolError::new(target.clone(), cause))?;
         Ok(target)
     }
 
@@ -173,10 +204,7 @@ fn probe(dir: &Path) -> Result<(), SpoolError> {
         f.sync_data()
     });
     let _ = fs::remove_file(&path);
-    result.map_err(|cause| SpoolError {
-        path: dir.to_path_buf(),
-        cause,
-    })
+    result.map_err(|cause| SpoolError::new(dir.to_path_buf(), cause))
 }
 
 /// The file's bytes when it is a regular file of at most `max` bytes (checked on the open
@@ -287,6 +315,30 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("grk-spool-{name}-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         dir
+    }
+
+    #[test]
+    fn permission_denied_names_the_owner_and_the_process() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = temp_dir("access");
+        fs::create_dir_all(&dir).unwrap();
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o750)).unwrap();
+        let denied = std::io::Error::from(std::io::ErrorKind::PermissionDenied);
+        let line = SpoolError::new(dir.join("x.snap"), denied).to_string();
+        assert!(
+            line.contains("mode 750; this process runs as uid "),
+            "{line}"
+        );
+        assert!(
+            line.contains(&format!("{} is owned by uid ", dir.display())),
+            "{line}"
+        );
+        // Other errors say only what happened.
+        let full = std::io::Error::from(std::io::ErrorKind::StorageFull);
+        assert!(!SpoolError::new(dir.clone(), full)
+            .to_string()
+            .contains("owned"));
+        fs::remove_dir_all(&dir).unwrap();
     }
 
     fn snap(seq: u64, doc: &str) -> Snapshot {

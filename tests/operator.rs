@@ -360,3 +360,23 @@ fn a_kafka_address_that_speaks_http_is_named_as_such() {
         "{err}"
     );
 }
+
+#[test]
+fn readme_compose_section_is_compose_yaml() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let readme = std::fs::read_to_string(format!("{root}/README.md")).unwrap();
+    let compose = std::fs::read_to_string(format!("{root}/compose.yaml")).unwrap();
+    let section = readme
+        .split("### docker-compose")
+        .nth(1)
+        .expect("README has a docker-compose section");
+    let block = section
+        .split("```yaml\n")
+        .nth(1)
+        .and_then(|b| b.split("```").next())
+        .expect("a yaml block in the compose section");
+    assert_eq!(
+        block, compose,
+        "README's compose block differs from compose.yaml"
+    );
+}
