@@ -362,6 +362,26 @@ fn a_kafka_address_that_speaks_http_is_named_as_such() {
 }
 
 #[test]
+fn a_kraft_controller_port_is_named_as_such() {
+    // The real Kafka 4 node's CONTROLLER listener (.ci/brokers: the broker port + 1).
+    let Some(broker) = broker("GRK_TEST_KAFKA4") else {
+        return;
+    };
+    let (host, port) = broker.rsplit_once(':').unwrap();
+    let controller = format!("{host}:{}", port.parse::<u16>().unwrap() + 1);
+    let out = Command::new(BIN)
+        .args(["--once", "--vehicle-url", &file_url()])
+        .env("KAFKA_BROKER", &controller)
+        .env("DELIVERY_TIMEOUT", "3")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains(&controller), "{err}");
+    assert!(err.contains("a KRaft controller port?"), "{err}");
+}
+
+#[test]
 fn readme_compose_section_is_compose_yaml() {
     let root = env!("CARGO_MANIFEST_DIR");
     let readme = std::fs::read_to_string(format!("{root}/README.md")).unwrap();
