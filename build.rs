@@ -6,8 +6,9 @@
 use protox::prost_reflect::prost_types::field_descriptor_proto::Label;
 use protox::prost_reflect::prost_types::DescriptorProto;
 
-const PROTO_DIR: &str = "proto";
-const PROTO_FILE: &str = "proto/gtfs-realtime.proto";
+// Run as the build script of convert/ (its `build = "../build.rs"`), so paths start one up.
+const PROTO_DIR: &str = "../proto";
+const PROTO_FILE: &str = "../proto/gtfs-realtime.proto";
 
 /// Optional sub-messages stored as `Option<Box<_>>` rather than inline: a FeedEntity holds one of its six
 /// payloads, and StopTimeProperties and ModifiedTripSelector are rare, so inline they would only make
@@ -26,7 +27,7 @@ const BOXED: &[&str] = &[
 
 fn main() {
     println!("cargo:rerun-if-changed={PROTO_FILE}");
-    println!("cargo:rerun-if-changed=build.rs");
+    println!("cargo:rerun-if-changed=../build.rs");
 
     let mut fds = match protox::compile([PROTO_FILE], [PROTO_DIR]) {
         Ok(fds) => fds,

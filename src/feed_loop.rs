@@ -200,6 +200,8 @@ impl FeedLoop {
                 Step::Stop => {}
             }
             self.publish(None);
+            // Between steps the loop holds no cached free blocks (bounded idle memory).
+            crate::alloc_cache::trim();
         }
     }
 

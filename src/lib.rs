@@ -3,16 +3,18 @@
 //!
 //! Modules follow the data flow: `supervisor` → `feed_loop` → `pipeline` (`fetch` → `decode`
 //! → `json`) → `outbox` (`queue`, `spool`) → `sink` → `kafka`, with settings from `config`.
-//! `unsafe` is denied everywhere; `limits` allows it for two libc calls.
+//! `unsafe` is denied everywhere; `limits` allows it for two libc calls, `alloc_cache` for the
+//! allocator it is.
 #![deny(unsafe_code)]
 
+#[allow(unsafe_code)]
+pub mod alloc_cache;
 pub mod config;
+pub use gtfs_rt_convert::{decode, json};
 pub mod config_file;
 pub mod control;
-pub mod decode;
 pub mod feed_loop;
 pub mod fetch;
-pub mod json;
 pub mod kafka;
 pub mod limits;
 pub mod logger;
@@ -30,3 +32,7 @@ pub mod sink;
 pub mod spool;
 pub mod stats;
 pub mod supervisor;
+
+/// Every binary linking this crate (the daemon, its tests) allocates through the cache.
+#[global_allocator]
+static ALLOCATOR: alloc_cache::CachingAlloc = alloc_cache::CachingAlloc;

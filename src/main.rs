@@ -12,7 +12,7 @@ use gtfs_rt_kafka::config::{
     self, Command, Config, ConvertConfig, ProcessConfig, RunConfig, SinkKind,
 };
 use gtfs_rt_kafka::feed_loop::FeedLoop;
-use gtfs_rt_kafka::json::{transcode_feed, Envelope};
+use gtfs_rt_kafka::json::{stream_feed, Envelope, StreamError};
 use gtfs_rt_kafka::logger::{self, LogFilter};
 use gtfs_rt_kafka::notify::Notifier;
 use gtfs_rt_kafka::signals::Signals;
@@ -186,16 +186,23 @@ fn convert(c: &ConvertConfig) -> ExitCode {
         source_id: &c.source_id,
         event_type: &c.event_type,
     };
-    let mut out = Vec::new();
-    if let Err(e) = transcode_feed(&mut out, &bytes, c.names, Some(&envelope)) {
-        logger::print_error(&format!("convert {name}: {e}"));
-        return ExitCode::from(EXIT_FAILED);
-    }
-    out.push(b'\n');
     let mut stdout = std::io::stdout().lock();
-    if let Err(e) = stdout.write_all(&out).and_then(|_| stdout.flush()) {
-        logger::print_error(&format!("convert {name}: writing stdout failed: {e}"));
-        return ExitCode::from(EXIT_FAILED);
+    let streamed = stream_feed(&mut stdout, &bytes, c.names, Some(&envelope)).and_then(|_| {
+        stdout
+            .write_all(b"\n")
+            .and_then(|()| stdout.flush())
+            .map_err(StreamError::Write)
+    });
+    match streamed {
+        Ok(()) => {}
+        Err(StreamError::Decode(e)) => {
+            logger::print_error(&format!("convert {name}: {e}"));
+            return ExitCode::from(EXIT_FAILED);
+        }
+        Err(StreamError::Write(e)) => {
+            logger::print_error(&format!("convert {name}: writing stdout failed: {e}"));
+            return ExitCode::from(EXIT_FAILED);
+        }
     }
     ExitCode::SUCCESS
 }

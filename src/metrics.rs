@@ -310,6 +310,7 @@ fn serve(listener: &TcpListener, board: &Board) {
                 if let Err(e) = answer(stream, board) {
                     log::debug!("metrics: scrape failed: {e}");
                 }
+                crate::alloc_cache::trim();
             }
             // Out of fds or a connection reset before accept: back off a little, go on.
             Err(e) => {

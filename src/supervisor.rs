@@ -433,7 +433,12 @@ fn spawn(config: Config, feed_loop: FeedLoop) -> std::io::Result<Running> {
     let handle = std::thread::Builder::new()
         .name(format!("feed {}", config.source_id))
         .stack_size(FEED_STACK)
-        .spawn(move || feed_loop.run(&loop_control))?;
+        .spawn(move || {
+            let end = feed_loop.run(&loop_control);
+            // A thread's cache is not freed with it (alloc_cache).
+            crate::alloc_cache::trim();
+            end
+        })?;
     Ok(Running {
         config,
         tag,

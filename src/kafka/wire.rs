@@ -71,7 +71,13 @@ impl RequestEncoder {
             .with_correlation_id(correlation_id)
             .with_client_id(Some(self.client_id.clone()));
         let header_version = api.request_header_version(version);
-        let mut buf = BytesMut::new();
+        // Sized up front: a Produce request carries whole batches, and a buffer grown by
+        // doubling would copy them again and hold up to twice their size.
+        let size = header
+            .compute_size(header_version)
+            .and_then(|h| Ok(h + body.compute_size(version)?))
+            .unwrap_or(0);
+        let mut buf = BytesMut::with_capacity(4 + size);
         buf.put_i32(0); // size prefix, patched below
         header
             .encode(&mut buf, header_version)

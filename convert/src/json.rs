@@ -160,6 +160,57 @@ pub fn transcode_feed_within(
     Ok(feed.len())
 }
 
+/// Why `stream_feed` stopped.
+#[derive(Debug)]
+pub enum StreamError {
+    Decode(DecodeError),
+    Write(std::io::Error),
+}
+
+/// Pieces of the streamed document are about this big: the document is never whole in memory.
+const STREAM_CHUNK: usize = 64 * 1024;
+
+/// `transcode_feed` into `sink`, in pieces of about 64 KiB (`convert`): the same bytes, without
+/// holding (and page-faulting in) a document of several times the body. Returns the number of
+/// entities. A decode error found in an entity after the first piece went out leaves a cut-short
+/// document in `sink`; errors in the feed's structure are found before anything is written.
+pub fn stream_feed(
+    sink: &mut impl std::io::Write,
+    body: &[u8],
+    names: FieldNames,
+    envelope: Option<&Envelope<'_>>,
+) -> Result<usize, StreamError> {
+    let feed = decode_entities(body).map_err(StreamError::Decode)?;
+    let mut out = Vec::with_capacity(STREAM_CHUNK + STAGE_LEN);
+    let mut w = Writer::new(&mut out, names);
+    let mut write_error = None;
+    w.open(b'{');
+    w.message(&HEADER, Some(feed.header()), header);
+    if !feed.is_empty() {
+        w.key(&ENTITY);
+        w.open(b'[');
+        feed.try_for_each(|msg| {
+            if write_error.is_none() {
+                w.object(msg, entity);
+                if w.out.len() >= STREAM_CHUNK {
+                    write_error = w.drain_into(sink).err();
+                }
+            }
+        })
+        .map_err(StreamError::Decode)?;
+        w.close(b']');
+        w.end_member();
+    }
+    w.finish(envelope);
+    match write_error {
+        Some(e) => Err(StreamError::Write(e)),
+        None => sink
+            .write_all(&out)
+            .map(|()| feed.len())
+            .map_err(StreamError::Write),
+    }
+}
+
 /// One entity as {"header":{...},"entity":{...}, envelope...} (per-entity mode, used later).
 pub fn write_entity(
     out: &mut Vec<u8>,
@@ -615,6 +666,16 @@ impl<'a> Writer<'a> {
             return;
         }
         self.out.extend_from_slice(bytes);
+    }
+
+    /// Writes all but the last byte of `out` to `sink` (`close` may still turn a trailing
+    /// ',' into a bracket) and keeps that byte.
+    fn drain_into(&mut self, sink: &mut impl std::io::Write) -> std::io::Result<()> {
+        self.flush();
+        let done = self.out.len().saturating_sub(1);
+        sink.write_all(&self.out[..done])?;
+        self.out.drain(..done);
+        Ok(())
     }
 
     // Staging.
