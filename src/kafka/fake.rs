@@ -418,7 +418,7 @@ impl FakeConn {
 }
 
 impl Transport for FakeConn {
-    fn send(&mut self, frame: &[u8], _timeout: Duration) -> Result<(), KafkaError> {
+    fn send(&mut self, frame: &super::wire::Frame, _timeout: Duration) -> Result<(), KafkaError> {
         if self.reset {
             return Err(KafkaError::Io {
                 broker: self.addr.clone(),
@@ -426,7 +426,7 @@ impl Transport for FakeConn {
                 detail: "reset".to_owned(),
             });
         }
-        if let Some(response) = self.handle(Bytes::copy_from_slice(frame)) {
+        if let Some(response) = self.handle(frame.to_bytes()) {
             self.outbox.push_back(response);
         }
         Ok(())

@@ -240,7 +240,7 @@ pub(crate) mod tests {
             let enc = RequestEncoder::new("c")
                 .encode(ApiKey::Produce, version, &req)
                 .unwrap();
-            let mut frame = enc.frame.clone();
+            let mut frame = enc.frame.to_bytes();
             frame.advance(4);
             let header = decode_request_header_from_buffer(&mut frame).unwrap();
             assert_eq!(
@@ -255,6 +255,47 @@ pub(crate) mod tests {
             assert_eq!(parts.len(), 2);
             assert_eq!(decode_batches(parts[0].records.clone().unwrap()).len(), 2);
             assert_eq!(parts[1].index, 3);
+        }
+    }
+
+    #[test]
+    fn shared_batches_go_out_uncopied_and_the_frame_is_unchanged() {
+        let batches = [batch(0, 2), batch(3, 40), batch(5, 1)];
+        let shared: Vec<Bytes> = batches.iter().map(|b| b.batch.bytes.clone()).collect();
+        let topic_id = Some([7u8; 16]);
+        for (version, id) in [(3, None), (8, None), (9, None), (12, None), (13, topic_id)] {
+            let req = request("t", id, Acks::All, Duration::from_secs(30), &batches);
+            let plain = RequestEncoder::new("c")
+                .encode(ApiKey::Produce, version, &req)
+                .unwrap();
+            let gathered = RequestEncoder::new("c")
+                .encode_sharing(ApiKey::Produce, version, &req, &shared)
+                .unwrap();
+            assert_eq!(
+                gathered.frame.to_bytes(),
+                plain.frame.to_bytes(),
+                "v{version}"
+            );
+            assert_eq!(plain.frame.pieces().len(), 1);
+            // Each batch is a piece of its own, the very same memory.
+            for b in &shared {
+                assert!(
+                    gathered
+                        .frame
+                        .pieces()
+                        .iter()
+                        .any(|p| p.as_ptr() == b.as_ptr() && p.len() == b.len()),
+                    "v{version}: batch copied"
+                );
+            }
+            // Encoded bytes before each batch, the batch, and after the last one only where the
+            // version has tagged fields there.
+            let pieces = gathered.frame.pieces().len();
+            assert_eq!(
+                pieces,
+                2 * shared.len() + usize::from(version >= 9),
+                "v{version}"
+            );
         }
     }
 

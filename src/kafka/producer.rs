@@ -1160,9 +1160,10 @@ impl Producer {
                 Some(_) => conn.versions.produce,
             };
             let request = produce::request(topic, topic_id, acks, budget, &batches);
+            let shared: Vec<Bytes> = batches.iter().map(|b| b.batch.bytes.clone()).collect();
             let encoded = conn
                 .encoder
-                .encode(ApiKey::Produce, version, &request)
+                .encode_sharing(ApiKey::Produce, version, &request, &shared)
                 .map_err(|detail| KafkaError::Encode {
                     topic: topic.to_owned(),
                     detail,

@@ -729,7 +729,7 @@ pub(crate) mod tests {
         let mut sent = Vec::new();
         let mut answers = answers.into_iter();
         while let Some(req) = ex.next_request(&mut enc)? {
-            let mut frame = req.frame.clone();
+            let mut frame = req.frame.to_bytes();
             bytes::Buf::advance(&mut frame, 4);
             let header =
                 kafka_protocol::protocol::decode_request_header_from_buffer(&mut frame).unwrap();

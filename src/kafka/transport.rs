@@ -16,8 +16,8 @@ use super::wire;
 /// An open connection to one broker. After any error the connection is unusable (a frame may be
 /// half written or half read) and the caller drops it.
 pub(crate) trait Transport: Send {
-    /// Writes a whole frame (size prefix included).
-    fn send(&mut self, frame: &[u8], timeout: Duration) -> Result<(), KafkaError>;
+    /// Writes a whole frame (size prefix included), its pieces in order.
+    fn send(&mut self, frame: &wire::Frame, timeout: Duration) -> Result<(), KafkaError>;
     /// Reads one frame and returns it without its size prefix.
     fn recv(&mut self, timeout: Duration) -> Result<Bytes, KafkaError>;
 }
@@ -181,7 +181,7 @@ fn looks_like_tls(prefix: [u8; 4]) -> bool {
 }
 
 impl<S: Stream> Transport for StreamTransport<S> {
-    fn send(&mut self, frame: &[u8], timeout: Duration) -> Result<(), KafkaError> {
+    fn send(&mut self, frame: &wire::Frame, timeout: Duration) -> Result<(), KafkaError> {
         if timeout.is_zero() {
             return Err(KafkaError::Timeout {
                 broker: self.addr.clone(),
@@ -193,9 +193,11 @@ impl<S: Stream> Transport for StreamTransport<S> {
             .set_write_timeout(Some(timeout))
             .map_err(|e| self.error(Phase::Write, e))?;
         // flush: TLS holds the last record until asked; a socket's flush does nothing.
-        self.stream
-            .write_all(frame)
-            .and_then(|_| self.stream.flush())
+        frame
+            .pieces()
+            .iter()
+            .try_for_each(|piece| self.stream.write_all(piece))
+            .and_then(|()| self.stream.flush())
             .map_err(|e| self.error(Phase::Write, e))
     }
 
@@ -258,7 +260,13 @@ mod tests {
     fn frames_cross_a_real_socket_in_pieces() {
         let (mut client, mut server) = pair();
         client
-            .send(b"\x00\x00\x00\x03abc", Duration::from_secs(5))
+            .send(
+                &wire::Frame::from_pieces(vec![
+                    Bytes::from_static(b"\x00\x00\x00\x03a"),
+                    Bytes::from_static(b"bc"),
+                ]),
+                Duration::from_secs(5),
+            )
             .unwrap();
         let mut got = [0u8; 7];
         server.read_exact(&mut got).unwrap();

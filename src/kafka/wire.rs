@@ -1,8 +1,12 @@
 //! Kafka framing: size prefix, request/response headers, correlation ids, leftover-byte checks.
 //! Bytes in, bytes out; never touches a socket and never interprets a message body.
 
+use std::ops::Range;
+
+use bytes::buf::UninitSlice;
 use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader};
+use kafka_protocol::protocol::buf::ByteBufMut;
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 
 /// Largest response we accept. A hostile or confused peer cannot make us allocate more.
@@ -44,7 +48,39 @@ pub(crate) struct RequestEncoder {
 #[derive(Debug)]
 pub(crate) struct EncodedRequest {
     pub correlation_id: i32,
-    pub frame: Bytes,
+    pub frame: Frame,
+}
+
+/// A request frame (size prefix included) in pieces, written to the socket in order: the
+/// record batches a Produce request carries are shared, not copied into it.
+#[derive(Debug, Clone)]
+pub(crate) struct Frame {
+    pieces: Vec<Bytes>,
+}
+
+impl Frame {
+    pub(crate) fn pieces(&self) -> &[Bytes] {
+        &self.pieces
+    }
+
+    /// Bytes in all, size prefix included.
+    pub(crate) fn len(&self) -> usize {
+        self.pieces.iter().map(Bytes::len).sum()
+    }
+
+    #[cfg(test)]
+    pub(crate) fn from_pieces(pieces: Vec<Bytes>) -> Frame {
+        Frame { pieces }
+    }
+
+    /// The frame as one buffer (a copy: tests and the in-memory broker).
+    #[cfg(test)]
+    pub(crate) fn to_bytes(&self) -> Bytes {
+        match self.pieces.as_slice() {
+            [one] => one.clone(),
+            pieces => Bytes::from(pieces.concat()),
+        }
+    }
 }
 
 impl RequestEncoder {
@@ -62,6 +98,18 @@ impl RequestEncoder {
         version: i16,
         body: &R,
     ) -> Result<EncodedRequest, String> {
+        self.encode_sharing(api, version, body, &[])
+    }
+
+    /// `encode`, with each of `shared` (record batches the body carries) going into the frame
+    /// as a piece of its own instead of a copy: one 8 MB document is not held a third time.
+    pub(crate) fn encode_sharing<R: Encodable>(
+        &mut self,
+        api: ApiKey,
+        version: i16,
+        body: &R,
+        shared: &[Bytes],
+    ) -> Result<EncodedRequest, String> {
         let correlation_id = self.next_correlation_id;
         // Wrapping keeps ids unique within any realistic in-flight window.
         self.next_correlation_id = self.next_correlation_id.wrapping_add(1);
@@ -71,26 +119,116 @@ impl RequestEncoder {
             .with_correlation_id(correlation_id)
             .with_client_id(Some(self.client_id.clone()));
         let header_version = api.request_header_version(version);
-        // Sized up front: a Produce request carries whole batches, and a buffer grown by
-        // doubling would copy them again and hold up to twice their size.
+        let body_error =
+            |e: &dyn std::fmt::Display| format!("{} v{version} body: {e:#}", api_name(api));
         let size = header
             .compute_size(header_version)
-            .and_then(|h| Ok(h + body.compute_size(version)?))
-            .unwrap_or(0);
-        let mut buf = BytesMut::with_capacity(4 + size);
-        buf.put_i32(0); // size prefix, patched below
+            .map_err(|e| format!("request header: {e:#}"))?
+            + body.compute_size(version).map_err(|e| body_error(&e))?;
+        let len =
+            i32::try_from(size).map_err(|_| format!("request of {size} bytes is too large"))?;
+        let mut buf = Gather::new(shared);
+        buf.put_i32(len);
         header
             .encode(&mut buf, header_version)
             .map_err(|e| format!("request header: {e:#}"))?;
-        body.encode(&mut buf, version)
-            .map_err(|e| format!("{} v{version} body: {e:#}", api_name(api)))?;
-        let len = i32::try_from(buf.len() - 4)
-            .map_err(|_| format!("request of {} bytes is too large", buf.len()))?;
-        buf[..4].copy_from_slice(&len.to_be_bytes());
+        body.encode(&mut buf, version).map_err(|e| body_error(&e))?;
+        let frame = buf.finish();
+        if frame.len() != 4 + size {
+            return Err(format!(
+                "{} v{version}: encoded {} bytes where {} were computed",
+                api_name(api),
+                frame.len() - 4,
+                size
+            ));
+        }
         Ok(EncodedRequest {
             correlation_id,
-            frame: buf.freeze(),
+            frame,
         })
+    }
+}
+
+/// The encoder's output buffer: bytes go into `head`; a `put_slice` of exactly one of the
+/// `shared` buffers ends the current piece and adds that buffer as the next piece.
+/// Request encoders only append (they never seek back or fill gaps; a test compares with
+/// plain encoding), so `seek`/`range` only need to work within `head`.
+struct Gather<'a> {
+    pieces: Vec<Bytes>,
+    head: BytesMut,
+    done: usize,
+    shared: &'a [Bytes],
+}
+
+impl<'a> Gather<'a> {
+    fn new(shared: &'a [Bytes]) -> Gather<'a> {
+        Gather {
+            pieces: Vec::with_capacity(2 * shared.len() + 1),
+            head: BytesMut::with_capacity(256),
+            done: 0,
+            shared,
+        }
+    }
+
+    fn finish(mut self) -> Frame {
+        if !self.head.is_empty() {
+            self.pieces.push(self.head.freeze());
+        }
+        Frame {
+            pieces: self.pieces,
+        }
+    }
+}
+
+#[allow(unsafe_code)]
+// SAFETY: every method forwards to `head`, a BytesMut, with the caller's guarantees; the
+// override of `put_slice` only decides between forwarding and keeping a shared buffer.
+unsafe impl BufMut for Gather<'_> {
+    fn remaining_mut(&self) -> usize {
+        self.head.remaining_mut()
+    }
+
+    unsafe fn advance_mut(&mut self, cnt: usize) {
+        // SAFETY: forwarded; the caller initialised `cnt` bytes of `chunk_mut()`, which is
+        // `head`'s.
+        unsafe { self.head.advance_mut(cnt) }
+    }
+
+    fn chunk_mut(&mut self) -> &mut UninitSlice {
+        self.head.chunk_mut()
+    }
+
+    fn put_slice(&mut self, src: &[u8]) {
+        let shared = self
+            .shared
+            .iter()
+            .find(|b| !b.is_empty() && b.as_ptr() == src.as_ptr() && b.len() == src.len());
+        match shared {
+            Some(batch) => {
+                self.done += self.head.len() + batch.len();
+                if !self.head.is_empty() {
+                    self.pieces.push(self.head.split().freeze());
+                }
+                self.pieces.push(batch.clone());
+            }
+            None => self.head.extend_from_slice(src),
+        }
+    }
+}
+
+impl ByteBufMut for Gather<'_> {
+    fn offset(&self) -> usize {
+        self.done + self.head.len()
+    }
+
+    fn seek(&mut self, offset: usize) {
+        self.head.resize(offset.saturating_sub(self.done), 0);
+    }
+
+    fn range(&mut self, r: Range<usize>) -> &mut [u8] {
+        let start = r.start.saturating_sub(self.done);
+        let end = r.end.saturating_sub(self.done);
+        &mut self.head[start..end]
     }
 }
 
@@ -170,7 +308,7 @@ pub(crate) mod tests {
             let req = enc
                 .encode(ApiKey::Metadata, version, &MetadataRequest::default())
                 .unwrap();
-            let mut frame = req.frame.clone();
+            let mut frame = req.frame.to_bytes();
             let len = frame.get_i32() as usize;
             assert_eq!(len, frame.len());
             let header = decode_request_header_from_buffer(&mut frame).unwrap();
