@@ -14,6 +14,9 @@ pub enum Phase {
     Write,
     /// Waiting for or reading a response.
     Read,
+    /// Waiting for a Produce acknowledgement with acks=all: the leader answers once its
+    /// in-sync replicas have the batch.
+    AwaitingReplicas,
 }
 
 impl fmt::Display for Phase {
@@ -22,6 +25,7 @@ impl fmt::Display for Phase {
             Phase::Connect => "connect",
             Phase::Write => "write",
             Phase::Read => "read",
+            Phase::AwaitingReplicas => "waiting for in-sync replicas",
         })
     }
 }
@@ -216,6 +220,13 @@ impl fmt::Display for KafkaError {
             KafkaError::Io { broker, phase, detail } => {
                 write!(f, "kafka broker {broker}: {phase} failed: {detail} (retriable)")
             }
+            KafkaError::Timeout { broker, phase: Phase::AwaitingReplicas } => write!(
+                f,
+                "kafka broker {broker}: waiting for in-sync replicas timed out: with acks=all \
+                 the leader acknowledges once its in-sync replicas have the batch (a replica \
+                 down or slow? the cluster drops it from the ISR within its session timeout) \
+                 (retriable)"
+            ),
             KafkaError::Timeout { broker, phase } => {
                 write!(f, "kafka broker {broker}: {phase} timed out (retriable)")
             }
@@ -244,7 +255,16 @@ impl fmt::Display for KafkaError {
                 if let Some(m) = message.as_deref().filter(|m| !m.is_empty()) {
                     write!(f, ": {m}")?;
                 }
-                Ok(())
+                match code {
+                    7 => f.write_str(
+                        " (the leader waited for its in-sync replicas past the request timeout)",
+                    ),
+                    19 | 20 => f.write_str(
+                        " (waiting for in-sync replicas: fewer are in sync than the topic's \
+                         min.insync.replicas, a broker is down)",
+                    ),
+                    _ => Ok(()),
+                }
             }
             KafkaError::MessageTooLarge {
                 broker,

@@ -1199,6 +1199,7 @@ impl Producer {
         deadline: Instant,
     ) -> Result<Vec<(i32, Outcome)>, KafkaError> {
         let budget = self.request_budget(deadline);
+        let acks_all = self.config.acks == Acks::All;
         let addr = flight.addr.as_str();
         let result = (|| {
             let conn = self.conns.get_mut(addr).ok_or_else(|| KafkaError::Io {
@@ -1206,7 +1207,17 @@ impl Producer {
                 phase: super::error::Phase::Read,
                 detail: "connection dropped before the response".to_owned(),
             })?;
-            let frame: Bytes = conn.transport.recv(budget)?;
+            let frame: Bytes = conn.transport.recv(budget).map_err(|e| match e {
+                // A live leader that does not answer with acks=all is waiting for replicas.
+                KafkaError::Timeout {
+                    broker,
+                    phase: super::error::Phase::Read,
+                } if acks_all => KafkaError::Timeout {
+                    broker,
+                    phase: super::error::Phase::AwaitingReplicas,
+                },
+                other => other,
+            })?;
             let response = wire::parse_response(
                 ApiKey::Produce,
                 flight.version,
