@@ -334,6 +334,54 @@ fn a_feed_that_amplifies_is_refused_within_the_document_bound() {
     assert!(log.contains("1 decode errors"), "counted: {log}");
 }
 
+/// A 1 MiB feed of one trip update with ~500,000 empty stop time updates (2 bytes each on the
+/// wire, a 160-byte struct each decoded: ~170 MB unchecked), next to one with a group field
+/// hiding nothing. Refused before decoding, one line, counted; memory stays small; the next
+/// (sane) poll is delivered.
+#[test]
+fn an_entity_that_amplifies_in_decoding_is_refused_before_it_is_decoded() {
+    use gtfs_rt_kafka::decode::transit_realtime::{
+        trip_update::StopTimeUpdate, FeedEntity, FeedHeader, FeedMessage, TripUpdate,
+    };
+    use prost::Message;
+    let hostile = FeedMessage {
+        header: Some(FeedHeader {
+            gtfs_realtime_version: Some("2.0".into()),
+            ..Default::default()
+        }),
+        entity: vec![FeedEntity {
+            id: Some("x".into()),
+            trip_update: Some(Box::new(TripUpdate {
+                stop_time_update: vec![StopTimeUpdate::default(); 520_000],
+                ..Default::default()
+            })),
+            ..Default::default()
+        }],
+    }
+    .encode_to_vec();
+    assert!(hostile.len() <= 1024 * 1024, "{}", hostile.len());
+    let server = FeedServer::script(vec![Response::Ok(hostile), Response::fixture(FIXTURE)]);
+    let daemon = Daemon::start(
+        &["--sink", "stdout", "--poll-interval", "0.5"],
+        &[("VEHICLE_URL", &server.url("/f"))],
+    );
+    daemon.wait_for_line("would take up to", Duration::from_secs(20));
+    daemon.wait_for_line("poll ok", Duration::from_secs(20));
+    let peak = peak_rss_kib(daemon.child.id());
+    let (status, _, log) = daemon.stop(Duration::from_secs(10));
+    assert_eq!(status.code(), Some(0), "{log}");
+    let refusal = log
+        .lines()
+        .find(|l| l.contains("would take up to"))
+        .unwrap();
+    assert!(
+        refusal.contains("entity 0 of this feed") && refusal.contains("limit is 32 MiB"),
+        "{refusal}"
+    );
+    assert!(peak < 64 * 1024, "peak RSS {peak} KiB\n{log}");
+    assert!(log.contains("1 decode errors"), "counted: {log}");
+}
+
 #[test]
 fn a_kafka_address_that_speaks_http_is_named_as_such() {
     use std::io::Write;

@@ -27,6 +27,14 @@ pub fn decode_feed(bytes: &[u8]) -> Result<FeedMessage, DecodeError> {
         return Err(DecodeError::Empty);
     }
     let len = bytes.len();
+    if let Some(bound) = over_budget(bytes, MAX_FEED_DECODE_BYTES) {
+        return Err(DecodeError::TooLarge {
+            len,
+            what: None,
+            bound,
+            limit: MAX_FEED_DECODE_BYTES,
+        });
+    }
     match FeedMessage::decode(bytes) {
         Ok(feed) if feed.header.is_some() => Ok(feed),
         Ok(_) => Err(DecodeError::NoHeader {
@@ -108,7 +116,15 @@ impl FeedEntities<'_> {
             }
         };
         let mut entity = FeedEntity::default();
-        for part in parts {
+        for (index, part) in parts.iter().enumerate() {
+            if let Some(bound) = over_budget(part, MAX_ENTITY_DECODE_BYTES) {
+                return Err(DecodeError::TooLarge {
+                    len: self.body.len(),
+                    what: Some(index),
+                    bound,
+                    limit: MAX_ENTITY_DECODE_BYTES,
+                });
+            }
             entity.clear();
             if let Err(source) = entity.merge(*part) {
                 return Err(self.error(source));
@@ -179,6 +195,65 @@ fn split_top_level(mut bytes: &[u8]) -> Option<TopLevel<'_>> {
     Some(top)
 }
 
+/// What one entity may take decoded, and the whole feed on the `decode_feed` path. prost
+/// allocates a struct for every sub-message (a `StopTimeUpdate` is 160 bytes), and an empty
+/// one is 2 bytes on the wire: unchecked, a 1 MiB entity of empty stop time updates took
+/// ~170 MB. Real entities are far below: the fixtures' largest is estimated at ~400 KB.
+pub const MAX_ENTITY_DECODE_BYTES: usize = 32 * 1024 * 1024;
+pub const MAX_FEED_DECODE_BYTES: usize = 48 * 1024 * 1024;
+/// Per length-delimited field, whatever it turns out to be: the largest struct prost builds
+/// for a sub-message (~250 bytes) times the transient copy while its `Vec` grows.
+const FIELD_COST: usize = 640;
+/// Bytes of memory per wire byte besides the fields' structs (strings, their growth).
+const BYTE_COST: usize = 2;
+/// GTFS-Realtime nests about 6 deep; deeper payloads are counted as strings.
+const MAX_NESTING: u32 = 12;
+
+/// Some(estimate) when decoding `bytes` may take more than `limit` bytes. Entities small
+/// enough that even the worst case fits are not scanned (the hot path stays one pass).
+fn over_budget(bytes: &[u8], limit: usize) -> Option<usize> {
+    // Every field costs at least 2 wire bytes.
+    if bytes.len().saturating_mul(FIELD_COST / 2 + BYTE_COST) <= limit {
+        return None;
+    }
+    let bound = bytes
+        .len()
+        .saturating_mul(BYTE_COST)
+        .saturating_add(length_delimited_fields(bytes, 0).saturating_mul(FIELD_COST));
+    (bound > limit).then_some(bound)
+}
+
+/// Length-delimited fields in `bytes` at any depth: each payload is walked as a message too,
+/// as far as it parses (prost allocates what it decodes before it finds an error).
+fn length_delimited_fields(mut bytes: &[u8], depth: u32) -> usize {
+    let mut count = 0usize;
+    while !bytes.is_empty() {
+        let Some(key) = read_varint(&mut bytes) else {
+            break;
+        };
+        let walked = match key & 7 {
+            0 => read_varint(&mut bytes).map(|_| ()),
+            1 => bytes.get(8..).map(|rest| bytes = rest),
+            5 => bytes.get(4..).map(|rest| bytes = rest),
+            2 => read_len_prefixed(&mut bytes).map(|value| {
+                count = count.saturating_add(1);
+                if depth < MAX_NESTING {
+                    count = count.saturating_add(length_delimited_fields(value, depth + 1));
+                }
+            }),
+            // Group start/end: prost skips a group and goes on with the fields after it, so
+            // the walk goes on too (what is inside is counted: an overestimate).
+            3 | 4 => Some(()),
+            // Invalid wire types: prost stops here.
+            _ => None,
+        };
+        if walked.is_none() {
+            break;
+        }
+    }
+    count
+}
+
 /// A base-128 varint of at most 10 bytes, the 10th holding only bit 63 (as prost reads it).
 fn read_varint(bytes: &mut &[u8]) -> Option<u64> {
     let mut value = 0u64;
@@ -230,6 +305,14 @@ pub enum DecodeError {
         looks_like: Option<BodyKind>,
         source: prost::DecodeError,
     },
+    /// Decoding would take more memory than allowed: an entity (`what`: its index) or, on the
+    /// whole-feed path, the feed. `bound` is the estimate, `limit` the budget, in bytes.
+    TooLarge {
+        len: usize,
+        what: Option<usize>,
+        bound: usize,
+        limit: usize,
+    },
     /// Valid protobuf, but without the required `header`.
     NoHeader {
         len: usize,
@@ -250,6 +333,25 @@ impl fmt::Display for DecodeError {
                 write_hint(f, *looks_like)?;
                 // prost's message reads "failed to decode Protobuf message: <where>: <what>".
                 write!(f, "): {source}")
+            }
+            DecodeError::TooLarge {
+                len,
+                what,
+                bound,
+                limit,
+            } => {
+                let mib = |n: usize| n as f64 / (1024.0 * 1024.0);
+                match what {
+                    Some(i) => write!(f, "entity {i} of this feed ({len} bytes)")?,
+                    None => write!(f, "this feed ({len} bytes)")?,
+                }
+                write!(
+                    f,
+                    " would take up to {:.1} MiB to decode (nested messages amplify; the limit is \
+                     {:.0} MiB); refused",
+                    mib(*bound),
+                    mib(*limit)
+                )
             }
             DecodeError::NoHeader { len, looks_like } => {
                 write!(
@@ -274,7 +376,9 @@ impl std::error::Error for DecodeError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             DecodeError::Malformed { source, .. } => Some(source),
-            DecodeError::Empty | DecodeError::NoHeader { .. } => None,
+            DecodeError::Empty | DecodeError::NoHeader { .. } | DecodeError::TooLarge { .. } => {
+                None
+            }
         }
     }
 }
@@ -353,6 +457,96 @@ mod tests {
             }],
         };
         feed.encode_to_vec()
+    }
+
+    fn feed_of(entity: FeedEntity) -> Vec<u8> {
+        FeedMessage {
+            header: Some(FeedHeader {
+                gtfs_realtime_version: Some("2.0".into()),
+                ..Default::default()
+            }),
+            entity: vec![entity],
+        }
+        .encode_to_vec()
+    }
+
+    fn empty_stop_time_updates(n: usize) -> FeedEntity {
+        use super::transit_realtime::{trip_update::StopTimeUpdate, TripUpdate};
+        FeedEntity {
+            id: Some("x".into()),
+            trip_update: Some(Box::new(TripUpdate {
+                stop_time_update: vec![StopTimeUpdate::default(); n],
+                ..Default::default()
+            })),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn an_entity_that_would_amplify_is_refused_before_decoding() {
+        // 40,000 empty stop time updates: 80 KB on the wire, ~7 MB decoded: accepted.
+        let fine = feed_of(empty_stop_time_updates(40_000));
+        let entities = decode_entities(&fine).unwrap();
+        let mut n = 0;
+        entities
+            .try_for_each(|e| n = e.trip_update.as_ref().unwrap().stop_time_update.len())
+            .unwrap();
+        assert_eq!(n, 40_000);
+        // 100,000: over the 32 MiB estimate, refused by both paths.
+        let hostile = feed_of(empty_stop_time_updates(100_000));
+        let err = decode_entities(&hostile)
+            .unwrap()
+            .try_for_each(|_| panic!("decoded"))
+            .unwrap_err();
+        assert!(
+            matches!(err, DecodeError::TooLarge { what: Some(0), .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("limit is 32 MiB"), "{err}");
+        let mut big = Vec::new();
+        for _ in 0..2 {
+            big.extend_from_slice(&hostile);
+        }
+        assert!(matches!(
+            decode_feed(&big),
+            Err(DecodeError::TooLarge { what: None, .. })
+        ));
+    }
+
+    #[test]
+    fn real_entities_are_far_below_the_budget() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/gtfs-rt");
+        let mut largest = 0;
+        for file in std::fs::read_dir(dir).unwrap() {
+            let path = file.unwrap().path();
+            if path.extension().and_then(|e| e.to_str()) != Some("pb") {
+                continue;
+            }
+            let body = std::fs::read(&path).unwrap();
+            let top = split_top_level(&body).unwrap();
+            for part in top.entities {
+                let bound = part.len() * BYTE_COST + length_delimited_fields(part, 0) * FIELD_COST;
+                largest = largest.max(bound);
+            }
+        }
+        // The largest real entity among the fixtures is estimated at ~400 KB (395,500 bytes).
+        assert!(largest < MAX_ENTITY_DECODE_BYTES / 64, "{largest}");
+    }
+
+    #[test]
+    fn a_group_does_not_hide_what_follows_it_from_the_estimate() {
+        // An unknown group field first (prost skips it), then the amplifying stop time updates.
+        let entity = empty_stop_time_updates(100_000).encode_to_vec();
+        let mut grouped = vec![0xfb, 0x06, 0xfc, 0x06]; // field 111: start group, end group
+        grouped.extend_from_slice(&entity);
+        assert!(over_budget(&grouped, MAX_ENTITY_DECODE_BYTES).is_some());
+        // A large string costs its bytes, not a struct per 2 bytes: a 200 kB alert passes.
+        let text = FeedEntity {
+            id: Some("a".repeat(200_000)),
+            ..Default::default()
+        }
+        .encode_to_vec();
+        assert!(over_budget(&text, MAX_ENTITY_DECODE_BYTES).is_none());
     }
 
     #[test]
