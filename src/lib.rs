@@ -32,7 +32,3 @@ pub mod sink;
 pub mod spool;
 pub mod stats;
 pub mod supervisor;
-
-/// Every binary linking this crate (the daemon, its tests) allocates through the cache.
-#[global_allocator]
-static ALLOCATOR: alloc_cache::CachingAlloc = alloc_cache::CachingAlloc;

@@ -19,6 +19,13 @@ use gtfs_rt_kafka::signals::Signals;
 use gtfs_rt_kafka::sink::{KafkaSink, Sink, StdoutSink};
 use gtfs_rt_kafka::supervisor::{self, sink_target, Reload};
 
+/// The daemon allocates through the per-thread cache in front of the system allocator
+/// (`alloc_cache`: musl's allocator unmapped and remapped its groups entity after entity).
+/// Declared here, not in the library, so other binaries (the fuzz targets) keep their own.
+#[global_allocator]
+static ALLOCATOR: gtfs_rt_kafka::alloc_cache::CachingAlloc =
+    gtfs_rt_kafka::alloc_cache::CachingAlloc;
+
 const EXIT_FAILED: u8 = 1;
 const EXIT_CONFIG: u8 = 2;
 

@@ -27,14 +27,6 @@ pub fn decode_feed(bytes: &[u8]) -> Result<FeedMessage, DecodeError> {
         return Err(DecodeError::Empty);
     }
     let len = bytes.len();
-    if let Some(bound) = over_budget(bytes, MAX_FEED_DECODE_BYTES) {
-        return Err(DecodeError::TooLarge {
-            len,
-            what: None,
-            bound,
-            limit: MAX_FEED_DECODE_BYTES,
-        });
-    }
     match FeedMessage::decode(bytes) {
         Ok(feed) if feed.header.is_some() => Ok(feed),
         Ok(_) => Err(DecodeError::NoHeader {
@@ -54,8 +46,10 @@ pub fn decode_feed(bytes: &[u8]) -> Result<FeedMessage, DecodeError> {
 /// Only the top level (header, entity boundaries) is read up front; `try_for_each` then decodes each
 /// entity in turn into one reused `FeedEntity`. On a 2.5 MB feed that keeps ~15 MB of structures from
 /// ever existing, and with them their allocations and page faults. It accepts what `decode_feed`
-/// accepts and every error it returns is `decode_feed`'s; an odd top level (groups, wrong wire types)
-/// simply takes the `decode_feed` path.
+/// accepts and every error it returns is `decode_feed`'s, but for the memory bound, which only
+/// this path has (the daemon's): each entity is estimated before it is decoded and refused
+/// above `MAX_ENTITY_DECODE_BYTES`. An odd top level (groups, wrong wire types) takes the
+/// `decode_feed` path, bounded as a whole by `MAX_FEED_DECODE_BYTES`: real feeds never have one.
 pub struct FeedEntities<'a> {
     body: &'a [u8],
     header: FeedHeader,
@@ -79,6 +73,15 @@ pub fn decode_entities(bytes: &[u8]) -> Result<FeedEntities<'_>, DecodeError> {
                 entities: Entities::Lazy(top.entities),
             });
         }
+    }
+    // The odd top level is decoded whole: bounded as a whole.
+    if let Some(bound) = over_budget(bytes, MAX_FEED_DECODE_BYTES) {
+        return Err(DecodeError::TooLarge {
+            len: bytes.len(),
+            what: None,
+            bound,
+            limit: MAX_FEED_DECODE_BYTES,
+        });
     }
     let feed = decode_feed(bytes)?;
     Ok(FeedEntities {
@@ -200,7 +203,7 @@ fn split_top_level(mut bytes: &[u8]) -> Option<TopLevel<'_>> {
 /// one is 2 bytes on the wire: unchecked, a 1 MiB entity of empty stop time updates took
 /// ~170 MB. Real entities are far below: the fixtures' largest is estimated at ~400 KB.
 pub const MAX_ENTITY_DECODE_BYTES: usize = 32 * 1024 * 1024;
-pub const MAX_FEED_DECODE_BYTES: usize = 48 * 1024 * 1024;
+pub const MAX_FEED_DECODE_BYTES: usize = MAX_ENTITY_DECODE_BYTES;
 /// Per length-delimited field, whatever it turns out to be: the largest struct prost builds
 /// for a sub-message (~250 bytes) times the transient copy while its `Vec` grows.
 const FIELD_COST: usize = 640;
@@ -503,14 +506,15 @@ mod tests {
             "{err}"
         );
         assert!(err.to_string().contains("limit is 32 MiB"), "{err}");
-        let mut big = Vec::new();
-        for _ in 0..2 {
-            big.extend_from_slice(&hostile);
-        }
+        // An odd top level (a group field first) is decoded whole, and bounded as a whole.
+        let mut odd = vec![0x1b, 0x1c]; // field 3: start group, end group
+        odd.extend_from_slice(&hostile);
         assert!(matches!(
-            decode_feed(&big),
+            decode_entities(&odd),
             Err(DecodeError::TooLarge { what: None, .. })
         ));
+        // decode_feed itself (the library's whole-feed call) has no bound.
+        assert!(decode_feed(&hostile).is_ok());
     }
 
     #[test]

@@ -21,6 +21,11 @@ const MAX_ENTITY_DOCS: usize = 2;
 
 /// An error without prost's description of where it failed.
 fn kind(e: &gtfs_rt_kafka::decode::DecodeError) -> String {
+    // The memory bound is per entity on one path and per feed on the other (and needs inputs
+    // above -max_len to trigger): same kind either way.
+    if matches!(e, gtfs_rt_kafka::decode::DecodeError::TooLarge { .. }) {
+        return "too large to decode".to_string();
+    }
     let text = e.to_string();
     text.split("): ").next().unwrap_or(&text).to_string()
 }

@@ -10,6 +10,10 @@
 //!     [--acks all|1|0] [--compression none|gzip|snappy|lz4|zstd] [--idempotence true|false]
 #![forbid(unsafe_code)]
 
+/// The shipped binary's allocator, so the producer runs as it does there.
+#[global_allocator]
+static ALLOCATOR: gtfs_rt_kafka::alloc_cache::CachingAlloc = gtfs_rt_kafka::alloc_cache::CachingAlloc;
+
 use std::process::ExitCode;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
