@@ -172,7 +172,7 @@ fn survives(name: &str, mode: &str, disrupt: impl FnOnce(&str, &str)) -> String 
     assert_eq!(status.code(), Some(0), "{log}");
     assert!(log.contains("0 unsent at exit"), "{log}");
     let polls = log.matches("poll ok:").count();
-    assert_eq!(polls, server.requests(), "every fetch converted\n{log}");
+    assert_fetches_converted(polls, server.requests(), &log);
     let per_poll = if mode == "entity" { ENTITIES } else { 1 };
     let got = snapshots(&bootstrap, &topic, polls * per_poll);
     assert_eq!(got.len(), polls, "snapshots in {topic}\n{log}");
@@ -207,6 +207,15 @@ fn outage_named(log: &str) {
             "an outage line that does not say what is wrong: {line}"
         );
     }
+}
+
+/// Every fetch became a snapshot, but for one the stop may have cut short mid-request (the
+/// server counts a request the moment it arrives; an unfinished fetch is no snapshot).
+fn assert_fetches_converted(polls: usize, requests: usize, log: &str) {
+    assert!(
+        polls == requests || polls + 1 == requests,
+        "{requests} fetches, {polls} converted\n{log}"
+    );
 }
 
 fn kill_the_leader(bootstrap: &str, topic: &str) {
@@ -284,7 +293,8 @@ fn recreated(mode: &str) {
     assert_eq!(status.code(), Some(0), "{log}");
     assert!(log.contains("0 unsent at exit"), "{log}");
     let per_poll = if mode == "entity" { ENTITIES } else { 1 };
-    let fetched_after = server.requests() - recreated_at;
+    // The last fetch may have been cut short by the stop (no snapshot).
+    let fetched_after = (server.requests() - recreated_at).saturating_sub(1);
     let got = snapshots(&bootstrap, &topic, fetched_after * per_poll);
     assert!(
         got.len() >= fetched_after,
@@ -311,54 +321,12 @@ fn recreated_topic_entity_mode() {
 /// the alert is refused each time, one line each, counted in the last line.
 #[test]
 fn an_oversize_entity_among_small_ones() {
-    use gtfs_rt_kafka::decode::transit_realtime::{
-        translated_string::Translation, Alert, FeedEntity, FeedHeader, FeedMessage,
-        TranslatedString, VehicleDescriptor, VehiclePosition,
-    };
-    use prost::Message;
     let _guard = serial();
     let Some(bootstrap) = broker("GRK_TEST_CLUSTER") else {
         return;
     };
     wait_healthy(&bootstrap);
-    let mut entity: Vec<FeedEntity> = (0..60)
-        .map(|i| FeedEntity {
-            id: Some(format!("vehicle-{i}")),
-            vehicle: Some(Box::new(VehiclePosition {
-                vehicle: Some(VehicleDescriptor {
-                    id: Some(format!("car-{i}")),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            })),
-            ..Default::default()
-        })
-        .collect();
-    entity.insert(
-        30,
-        FeedEntity {
-            id: Some("huge-alert".into()),
-            alert: Some(Box::new(Alert {
-                header_text: Some(TranslatedString {
-                    translation: vec![Translation {
-                        text: Some("x".repeat(200_000)),
-                        language: None,
-                    }],
-                }),
-                ..Default::default()
-            })),
-            ..Default::default()
-        },
-    );
-    let feed = FeedMessage {
-        header: Some(FeedHeader {
-            gtfs_realtime_version: Some("2.0".into()),
-            timestamp: Some(1_700_000_000),
-            ..Default::default()
-        }),
-        entity,
-    }
-    .encode_to_vec();
+    let feed = feed_with_one_oversize_entity();
     let server = FeedServer::start(Response::Ok(feed));
     let topic = unique_topic("oversize");
     create(&bootstrap, &topic, &["max.message.bytes=100000"]);
@@ -366,7 +334,9 @@ fn an_oversize_entity_among_small_ones() {
     server.wait_for_requests(6, Duration::from_secs(30));
     let (status, _, log) = daemon.stop(Duration::from_secs(30));
     assert_eq!(status.code(), Some(0), "{log}");
-    let polls = server.requests();
+    let polls = log.matches("poll ok:").count();
+    assert!(polls >= 6, "{log}");
+    assert_fetches_converted(polls, server.requests(), &log);
     let refusals = log
         .lines()
         .filter(|l| l.contains("refused by the broker") && l.contains("MESSAGE_TOO_LARGE"))

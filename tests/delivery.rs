@@ -6,55 +6,7 @@ mod common;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use gtfs_rt_kafka::decode::transit_realtime::{
-    translated_string::Translation, Alert, FeedEntity, FeedHeader, FeedMessage, TranslatedString,
-    VehicleDescriptor, VehiclePosition,
-};
-use prost::Message;
-
 use common::*;
-
-/// 60 small vehicle positions and one alert of ~200 kB, in one feed.
-fn feed_with_one_oversize_entity() -> Vec<u8> {
-    let mut entity: Vec<FeedEntity> = (0..60)
-        .map(|i| FeedEntity {
-            id: Some(format!("vehicle-{i}")),
-            vehicle: Some(Box::new(VehiclePosition {
-                vehicle: Some(VehicleDescriptor {
-                    id: Some(format!("car-{i}")),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            })),
-            ..Default::default()
-        })
-        .collect();
-    entity.insert(
-        30,
-        FeedEntity {
-            id: Some("huge-alert".into()),
-            alert: Some(Box::new(Alert {
-                header_text: Some(TranslatedString {
-                    translation: vec![Translation {
-                        text: Some("x".repeat(200_000)),
-                        language: None,
-                    }],
-                }),
-                ..Default::default()
-            })),
-            ..Default::default()
-        },
-    );
-    FeedMessage {
-        header: Some(FeedHeader {
-            gtfs_realtime_version: Some("2.0".into()),
-            timestamp: Some(1_700_000_000),
-            ..Default::default()
-        }),
-        entity,
-    }
-    .encode_to_vec()
-}
 
 #[test]
 fn an_oversize_entity_is_set_aside_and_its_neighbours_land_exactly_once() {

@@ -573,3 +573,50 @@ pub fn write_config(name: &str, text: &str) -> PathBuf {
     std::fs::write(&path, text).unwrap();
     path
 }
+
+/// 60 small vehicle positions and one alert of ~200 kB, in one feed.
+pub fn feed_with_one_oversize_entity() -> Vec<u8> {
+    use gtfs_rt_kafka::decode::transit_realtime::{
+        translated_string::Translation, Alert, FeedEntity, FeedHeader, FeedMessage,
+        TranslatedString, VehicleDescriptor, VehiclePosition,
+    };
+    use prost::Message;
+    let mut entity: Vec<FeedEntity> = (0..60)
+        .map(|i| FeedEntity {
+            id: Some(format!("vehicle-{i}")),
+            vehicle: Some(Box::new(VehiclePosition {
+                vehicle: Some(VehicleDescriptor {
+                    id: Some(format!("car-{i}")),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })),
+            ..Default::default()
+        })
+        .collect();
+    entity.insert(
+        30,
+        FeedEntity {
+            id: Some("huge-alert".into()),
+            alert: Some(Box::new(Alert {
+                header_text: Some(TranslatedString {
+                    translation: vec![Translation {
+                        text: Some("x".repeat(200_000)),
+                        language: None,
+                    }],
+                }),
+                ..Default::default()
+            })),
+            ..Default::default()
+        },
+    );
+    FeedMessage {
+        header: Some(FeedHeader {
+            gtfs_realtime_version: Some("2.0".into()),
+            timestamp: Some(1_700_000_000),
+            ..Default::default()
+        }),
+        entity,
+    }
+    .encode_to_vec()
+}
