@@ -8,7 +8,7 @@
 mod common;
 
 use std::collections::HashMap;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -28,12 +28,7 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
 }
 
 fn cluster(args: &[&str]) {
-    let status = Command::new(repo_path(".ci/cluster"))
-        .args(args)
-        .stdout(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success(), ".ci/cluster {args:?} failed");
+    ci_script(".ci/cluster", args);
 }
 
 /// Runs a Python snippet with confluent-kafka; its stdout.

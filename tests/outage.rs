@@ -79,12 +79,7 @@ fn pump(mut from: TcpStream, mut to: TcpStream) {
 }
 
 fn brokers(action: &str, name: &str) {
-    let status = Command::new(repo_path(".ci/brokers"))
-        .args([action, name])
-        .stdout(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success(), ".ci/brokers {action} {name} failed");
+    ci_script(".ci/brokers", &[action, name]);
 }
 
 fn spawn_producer(url: &str, broker: &str, topic: &str, extra: &[&str]) -> Child {

@@ -204,8 +204,9 @@ fn split_top_level(mut bytes: &[u8]) -> Option<TopLevel<'_>> {
 /// ~170 MB. Real entities are far below: the fixtures' largest is estimated at ~400 KB.
 pub const MAX_ENTITY_DECODE_BYTES: usize = 32 * 1024 * 1024;
 pub const MAX_FEED_DECODE_BYTES: usize = MAX_ENTITY_DECODE_BYTES;
-/// Per length-delimited field, whatever it turns out to be: the largest struct prost builds
-/// for a sub-message (~250 bytes) times the transient copy while its `Vec` grows.
+/// Per length-delimited field, whatever it turns out to be: the largest element prost keeps
+/// in a repeated field, three times (a `Vec` doubling holds old and new slots at once; pinned
+/// by a test against the generated structs' sizes).
 const FIELD_COST: usize = 640;
 /// Bytes of memory per wire byte besides the fields' structs (strings, their growth).
 const BYTE_COST: usize = 2;
@@ -515,6 +516,33 @@ mod tests {
         ));
         // decode_feed itself (the library's whole-feed call) has no bound.
         assert!(decode_feed(&hostile).is_ok());
+    }
+
+    #[test]
+    fn the_field_cost_covers_every_repeated_message_while_its_vec_grows() {
+        use super::transit_realtime::*;
+        use std::mem::size_of;
+        // A Vec of n elements growing by doubling holds up to 3n element slots at the realloc.
+        let largest = [
+            size_of::<FeedEntity>(),
+            size_of::<EntitySelector>(),
+            size_of::<TimeRange>(),
+            size_of::<ReplacementStop>(),
+            size_of::<translated_image::LocalizedImage>(),
+            size_of::<translated_string::Translation>(),
+            size_of::<trip_modifications::Modification>(),
+            size_of::<trip_modifications::SelectedTrips>(),
+            size_of::<trip_update::StopTimeUpdate>(),
+            size_of::<vehicle_position::CarriageDetails>(),
+            size_of::<String>(),
+        ]
+        .into_iter()
+        .max()
+        .unwrap();
+        assert!(
+            3 * largest <= FIELD_COST,
+            "largest repeated element {largest} bytes"
+        );
     }
 
     #[test]

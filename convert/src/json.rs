@@ -25,7 +25,7 @@ use crate::decode::transit_realtime::{
     TimeRange, TranslatedImage, TranslatedString, TripDescriptor, TripModifications, TripUpdate,
     VehicleDescriptor, VehiclePosition,
 };
-use crate::decode::{decode_entities, DecodeError};
+use crate::decode::{decode_entities, DecodeError, FeedEntities};
 use trip_update::stop_time_update::{self, stop_time_properties, StopTimeProperties};
 use trip_update::{StopTimeEvent, StopTimeUpdate, TripProperties};
 
@@ -130,25 +130,10 @@ pub fn transcode_feed_within(
     );
     let limit = start.saturating_add(max_bytes);
     let mut w = Writer::new(out, names).with_limit(limit);
-    w.open(b'{');
-    w.message(&HEADER, Some(feed.header()), header);
-    if !feed.is_empty() {
-        w.key(&ENTITY);
-        w.open(b'[');
-        let mut written = 0;
-        let result = feed.try_for_each(|msg| {
-            if !w.over {
-                w.object(msg, entity);
-                written += 1;
-            }
-        });
-        if let Err(err) = result {
-            // The staged bytes of `w` are dropped with it: they belong to the abandoned document too.
-            out.truncate(start);
-            return Err(WriteError::Decode(err));
-        }
-        w.close(b']');
-        w.end_member();
+    if let Err(err) = write_document_body(&mut w, &feed, |_| true) {
+        // The staged bytes of `w` are dropped with it: they belong to the abandoned document too.
+        out.truncate(start);
+        return Err(WriteError::Decode(err));
     }
     if !w.finish(envelope) {
         out.truncate(start);
@@ -158,6 +143,33 @@ pub fn transcode_feed_within(
         });
     }
     Ok(feed.len())
+}
+
+/// `{"header":{…},"entity":[…]` of a feed read entity by entity (the envelope and the closing
+/// brace are `Writer::finish`'s). After each entity `after_entity` may move bytes on; once it
+/// returns false, or the writer is over its limit, the remaining entities are still decoded
+/// (so a malformed one is reported) but no longer written.
+fn write_document_body(
+    w: &mut Writer<'_>,
+    feed: &FeedEntities<'_>,
+    mut after_entity: impl FnMut(&mut Writer<'_>) -> bool,
+) -> Result<(), DecodeError> {
+    w.open(b'{');
+    w.message(&HEADER, Some(feed.header()), header);
+    if !feed.is_empty() {
+        w.key(&ENTITY);
+        w.open(b'[');
+        let mut writing = true;
+        feed.try_for_each(|msg| {
+            if writing && !w.over {
+                w.object(msg, entity);
+                writing = after_entity(w);
+            }
+        })?;
+        w.close(b']');
+        w.end_member();
+    }
+    Ok(())
 }
 
 /// Why `stream_feed` stopped.
@@ -184,23 +196,13 @@ pub fn stream_feed(
     let mut out = Vec::with_capacity(STREAM_CHUNK + STAGE_LEN);
     let mut w = Writer::new(&mut out, names);
     let mut write_error = None;
-    w.open(b'{');
-    w.message(&HEADER, Some(feed.header()), header);
-    if !feed.is_empty() {
-        w.key(&ENTITY);
-        w.open(b'[');
-        feed.try_for_each(|msg| {
-            if write_error.is_none() {
-                w.object(msg, entity);
-                if w.out.len() >= STREAM_CHUNK {
-                    write_error = w.drain_into(sink).err();
-                }
-            }
-        })
-        .map_err(StreamError::Decode)?;
-        w.close(b']');
-        w.end_member();
-    }
+    write_document_body(&mut w, &feed, |w| {
+        if w.out.len() >= STREAM_CHUNK {
+            write_error = w.drain_into(sink).err();
+        }
+        write_error.is_none()
+    })
+    .map_err(StreamError::Decode)?;
     w.finish(envelope);
     match write_error {
         Some(e) => Err(StreamError::Write(e)),

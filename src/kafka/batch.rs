@@ -306,7 +306,7 @@ pub(crate) fn decode_batches(mut bytes: Bytes) -> Vec<WireRecord> {
 mod tests {
     use super::*;
 
-    fn sample(n: usize) -> Vec<(Option<Vec<u8>>, Vec<u8>, i64)> {
+    fn sample(n: usize) -> Vec<Sample> {
         (0..n)
             .map(|i| {
                 let key = (i % 3 != 0).then(|| format!("key-{i}").into_bytes());
@@ -316,6 +316,18 @@ mod tests {
                 )
                 .into_bytes();
                 (key, value, 1_700_000_000_000 + i as i64 * 3)
+            })
+            .collect()
+    }
+
+    type Sample = (Option<Vec<u8>>, Vec<u8>, i64);
+
+    fn batch_records(data: &[Sample]) -> Vec<BatchRecord<'_>> {
+        data.iter()
+            .map(|(k, v, t)| BatchRecord {
+                key: k.as_deref(),
+                value: v,
+                timestamp_ms: *t,
             })
             .collect()
     }
@@ -332,14 +344,7 @@ mod tests {
     fn round_trip_every_codec() {
         for n in [1, 2, 50, 700] {
             let data = sample(n);
-            let records: Vec<BatchRecord> = data
-                .iter()
-                .map(|(k, v, t)| BatchRecord {
-                    key: k.as_deref(),
-                    value: v,
-                    timestamp_ms: *t,
-                })
-                .collect();
+            let records = batch_records(&data);
             for codec in ALL {
                 let batch = encode_batch(&records, codec, Identity::NONE).unwrap();
                 // The attributes' low bits name the codec.
@@ -397,7 +402,7 @@ mod tests {
         // Keys absent and present, empty and 200-byte values, timestamps out of order (the
         // base is the smallest), offsets past one varint byte.
         for n in [1, 2, 3, 64, 65, 300] {
-            let data: Vec<(Option<Vec<u8>>, Vec<u8>, i64)> = (0..n)
+            let data: Vec<Sample> = (0..n)
                 .map(|i| {
                     let key = (i % 4 != 0).then(|| vec![b'k'; i % 7]);
                     let value = vec![b'v'; (i * 131) % 260];
@@ -405,14 +410,7 @@ mod tests {
                     (key, value, ts)
                 })
                 .collect();
-            let records: Vec<BatchRecord> = data
-                .iter()
-                .map(|(k, v, t)| BatchRecord {
-                    key: k.as_deref(),
-                    value: v,
-                    timestamp_ms: *t,
-                })
-                .collect();
+            let records = batch_records(&data);
             for identity in [
                 Identity::NONE,
                 Identity {
@@ -449,14 +447,7 @@ mod tests {
     #[test]
     fn idempotent_batch_carries_identity() {
         let data = sample(5);
-        let records: Vec<BatchRecord> = data
-            .iter()
-            .map(|(k, v, t)| BatchRecord {
-                key: k.as_deref(),
-                value: v,
-                timestamp_ms: *t,
-            })
-            .collect();
+        let records = batch_records(&data);
         let id = Identity {
             producer_id: 4242,
             producer_epoch: 3,

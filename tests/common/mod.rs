@@ -381,6 +381,17 @@ pub fn unique_topic(prefix: &str) -> String {
 }
 
 /// The Python with the test tools (`GRK_PYTHON`, set by scripts/test to the project venv).
+/// Runs one of the repository's broker scripts (`.ci/brokers`, `.ci/cluster`), asserting it
+/// succeeded.
+pub fn ci_script(script: &str, args: &[&str]) {
+    let status = Command::new(repo_path(script))
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "{script} {args:?} failed");
+}
+
 pub fn python() -> String {
     std::env::var("GRK_PYTHON").unwrap_or_else(|_| "python3".to_string())
 }
