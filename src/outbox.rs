@@ -4,9 +4,11 @@
 //! Owned by one feed loop; no schedule and no clock of its own beyond the deadlines and
 //! retry times it is given and returns.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use crate::kafka::Journal;
 use crate::queue::{Queue, RecordSpan, Snapshot};
 use crate::schedule::{jitter_noise, retry_delay};
 use crate::sink::{Delivered, Landed, OutRecord, Sink, SinkError};
@@ -42,6 +44,13 @@ pub struct Outbox {
     tag: String,
     /// The sink can never take anything again (stdout's reader is gone).
     closed: bool,
+    /// The sink saves its delivery state in the spool's journal (the idempotent producer):
+    /// then a finished snapshot's spool file is removed only after a journal that says so
+    /// (`deferred`), so at every moment the spool and the journal together say what was in
+    /// flight, and a restart resends exactly that.
+    journaling: bool,
+    /// Finished snapshots (sequence, records) whose spool files go after the next journal.
+    deferred: Vec<(u64, u32)>,
     /// For the simulation's invariants: the values of records given up (set aside or dropped
     /// with the queue full) and why.
     #[cfg(test)]
@@ -69,6 +78,8 @@ impl Outbox {
             last_delivery_unix: None,
             tag,
             closed: false,
+            journaling: false,
+            deferred: Vec::new(),
             #[cfg(test)]
             abandoned: Vec::new(),
         };
@@ -90,11 +101,109 @@ impl Outbox {
                 );
             }
             outbox.spool = Some(spool);
-            for snapshot in recovered.snapshots {
+            let mut snapshots = recovered.snapshots;
+            if let Some(journal) = recovered.journal {
+                outbox.resume(&journal, &mut snapshots, stats);
+            }
+            for snapshot in snapshots {
                 outbox.enqueue(snapshot, stats);
             }
         }
         Ok(outbox)
+    }
+
+    /// Takes over what the last journal of a previous run says: records of partly delivered
+    /// snapshots that already landed are not sent again, and the sink resumes its delivery
+    /// state (the producer's identity), so what was in flight at a crash goes again as it was.
+    fn resume(&mut self, journal: &[u8], snapshots: &mut Vec<Snapshot>, stats: &mut Stats) {
+        let Some((landed, next_seq, sink_state)) = parse_journal(journal) else {
+            log::warn!(
+                "{}spool: the delivery journal is unreadable; records sent just before the \
+                 last stop may be duplicated",
+                self.tag
+            );
+            return;
+        };
+        self.journaling = true;
+        self.next_seq = self.next_seq.max(next_seq);
+        let spool = self.spool.as_ref();
+        snapshots.retain_mut(|s| {
+            if let Some((flags, bits)) = landed.get(&s.seq).filter(|b| b.1.len() == s.records.len())
+            {
+                s.undelivered.retain(|&ri| !bits[ri as usize]);
+                if s.is_delivered() {
+                    // Done before the stop; only its file was left. Counted here unless the
+                    // run before counted it.
+                    if flags & COUNTED == 0 {
+                        stats.delivered += 1;
+                    }
+                    if let Some(spool) = spool {
+                        spool.remove(s.seq);
+                    }
+                    return false;
+                }
+            }
+            true
+        });
+        let at: Vec<(usize, u32)> = snapshots
+            .iter()
+            .enumerate()
+            .flat_map(|(si, s)| s.undelivered.iter().map(move |&ri| (si, ri)))
+            .collect();
+        let pending: Vec<OutRecord<'_>> = at
+            .iter()
+            .map(|&(si, ri)| {
+                let s = &snapshots[si];
+                let (key, value) = s.record(ri);
+                OutRecord {
+                    key,
+                    value,
+                    timestamp_ms: s.timestamp_ms,
+                }
+            })
+            .collect();
+        let restored = self.sink.restore(sink_state, &pending);
+        drop(pending);
+        match restored {
+            Ok(Some(resumed)) => {
+                log::info!("{}spool: {}", self.tag, resumed.what);
+                // Acknowledged before the stop, after the journal was written.
+                let landed: Vec<(usize, u32)> = at
+                    .iter()
+                    .zip(&resumed.landed)
+                    .filter(|(_, &l)| l)
+                    .map(|(&a, _)| a)
+                    .collect();
+                for (si, ri) in landed {
+                    snapshots[si].undelivered.retain(|&r| r != ri);
+                }
+                let before = snapshots.len();
+                snapshots.retain(|s| {
+                    if s.is_delivered() {
+                        if let Some(spool) = spool {
+                            spool.remove(s.seq);
+                        }
+                    }
+                    !s.is_delivered()
+                });
+                stats.delivered += (before - snapshots.len()) as u64;
+                // Like the retry after a failed send: exactly those first, kept from drops.
+                let first = resumed.resend_first
+                    - resumed.landed[..resumed.resend_first.min(resumed.landed.len())]
+                        .iter()
+                        .filter(|&&l| l)
+                        .count();
+                if first > 0 {
+                    self.retry_batch = Some(first);
+                }
+            }
+            Ok(None) => {}
+            Err(why) => log::warn!(
+                "{}spool: the saved delivery state can't be used ({why}); a new producer id \
+                 is taken",
+                self.tag
+            ),
+        }
     }
 
     /// Queues (and spools) a new snapshot; returns its sequence number.
@@ -124,6 +233,9 @@ impl Outbox {
 
     /// What is still queued and has no copy in this outbox's spool (for a hand-over).
     pub fn into_unspooled(mut self) -> Vec<Snapshot> {
+        if !self.deferred.is_empty() {
+            self.save_journal(&[], &[], &mut Stats::default());
+        }
         let mut out = Vec::new();
         while let Some(s) = self.queue.pop_front() {
             if !s.spooled {
@@ -221,12 +333,45 @@ impl Outbox {
                 })
             })
             .collect();
+        // With a spool, the sink's delivery state is saved before it sends new data, together
+        // with which records of partly delivered snapshots already landed: after a crash the
+        // next start resends exactly what was in flight, under the same identity.
+        let (queue, spool, deferred) = (&self.queue, self.spool.as_ref(), &mut self.deferred);
+        let next_seq = self.next_seq;
+        let mut journal_error = None;
+        let mut saved = false;
+        let mut save = |sink_state: &[u8], done: &[bool]| {
+            if let Some(spool) = spool {
+                let body = journal_body((queue, next_seq), (&batch, done), deferred, sink_state);
+                match spool.write_journal(&body) {
+                    Ok(()) => {
+                        saved = true;
+                        for (seq, _) in deferred.drain(..) {
+                            spool.remove(seq);
+                        }
+                    }
+                    Err(e) => journal_error = Some(e),
+                }
+            }
+        };
+        let journal: Option<Journal<'_>> = match spool {
+            Some(_) => Some(&mut save),
+            None => None,
+        };
         let Delivered {
             landed,
             refused,
             error,
-        } = self.sink.deliver(&records, deadline);
+        } = self.sink.deliver(&records, deadline, journal);
         drop(records);
+        self.journaling |= saved;
+        if let Some(e) = journal_error {
+            stats.spool_errors += 1;
+            log::warn!(
+                "{}{e}; delivery state not saved: a crash before this send ends may duplicate it",
+                self.tag
+            );
+        }
         let landed_at = |i: usize| landed.get(i).cloned().flatten();
         let acked: Vec<(usize, u32)> = (0..batch.len())
             .filter(|&i| landed_at(i).is_some())
@@ -236,6 +381,14 @@ impl Outbox {
             .filter(|&i| landed_at(i).is_none() && refused.get(i).copied().unwrap_or(false))
             .map(|i| batch[i])
             .collect();
+        if self.journaling && !set_aside.is_empty() {
+            // The sink settled the refused batches: saved before any file moves to rejected/,
+            // so a restart never takes a refusal for an acknowledgement.
+            let done: Vec<bool> = (0..batch.len())
+                .map(|i| landed_at(i).is_some() || refused.get(i).copied().unwrap_or(false))
+                .collect();
+            self.save_journal(&batch, &done, stats);
+        }
         let pending = batch.len() - acked.len() - set_aside.len();
         let sent = Sent {
             records: acked.len(),
@@ -328,6 +481,9 @@ impl Outbox {
                 std::thread::sleep(wait.min(deadline.saturating_duration_since(Instant::now())));
             }
         }
+        if !self.deferred.is_empty() {
+            self.save_journal(&[], &[], stats);
+        }
         let left = self.queue.len() as u64;
         let lost = self.unspooled() as u64;
         stats.unsent = left;
@@ -388,7 +544,11 @@ impl Outbox {
                 for &ri in &s.undelivered {
                     self.abandoned.push((s.record(ri).1.to_vec(), "dropped"));
                 }
-                self.unspool(s);
+                // Not deferred: a dropped snapshot is not done, and must not be counted as
+                // delivered by the next start.
+                if let (Some(spool), true) = (&self.spool, s.spooled) {
+                    spool.remove(s.seq);
+                }
             }
         }
     }
@@ -425,11 +585,134 @@ impl Outbox {
         }
     }
 
-    fn unspool(&self, snapshot: &Snapshot) {
+    fn unspool(&mut self, snapshot: &Snapshot) {
         if let (Some(spool), true) = (&self.spool, snapshot.spooled) {
-            spool.remove(snapshot.seq);
+            if self.journaling {
+                self.deferred
+                    .push((snapshot.seq, snapshot.records.len() as u32));
+            } else {
+                spool.remove(snapshot.seq);
+            }
         }
     }
+
+    /// Writes the journal now, with the sink's current state (`done`: which records of
+    /// `batch` are finished), and removes the deferred spool files it covers.
+    fn save_journal(&mut self, batch: &[(usize, u32)], done: &[bool], stats: &mut Stats) {
+        let (Some(spool), Some(sink_state)) = (&self.spool, self.sink.journal_state()) else {
+            return;
+        };
+        let body = journal_body(
+            (&self.queue, self.next_seq),
+            (batch, done),
+            &self.deferred,
+            &sink_state,
+        );
+        match spool.write_journal(&body) {
+            Ok(()) => {
+                for (seq, _) in self.deferred.drain(..) {
+                    spool.remove(seq);
+                }
+            }
+            Err(e) => {
+                stats.spool_errors += 1;
+                log::warn!("{}{e}; delivery state not saved", self.tag);
+            }
+        }
+    }
+}
+
+/// The journal: which records of spooled snapshots are done — delivered or set aside — in
+/// partly sent snapshots (counting those `done` so far in the current call of `batch`) and
+/// in finished ones whose files are `deferred`; then the sink's own state.
+/// Layout: outbox part length u32; snapshot count u32; the next snapshot sequence u64 (so
+/// numbers never repeat, even after the spool emptied); per snapshot its sequence u64, flags
+/// u8 (`COUNTED`), record count u32 and a bitmap of done records; then the sink's bytes.
+fn journal_body(
+    (queue, next_seq): (&Queue, u64),
+    (batch, done): (&[(usize, u32)], &[bool]),
+    deferred: &[(u64, u32)],
+    sink_state: &[u8],
+) -> Vec<u8> {
+    let mut part = Vec::new();
+    let mut count = 0u32;
+    for &(seq, n) in deferred {
+        count += 1;
+        let bits = vec![true; n as usize];
+        put_entry(&mut part, seq, COUNTED, &bits);
+    }
+    for si in 0..queue.len() {
+        let Some(s) = queue.get(si).filter(|s| s.spooled) else {
+            continue;
+        };
+        let mut bits = vec![true; s.records.len()];
+        for &ri in &s.undelivered {
+            bits[ri as usize] = false;
+        }
+        for (k, _) in batch.iter().enumerate().filter(|(_, &(b, _))| b == si) {
+            if done.get(k).copied().unwrap_or(false) {
+                bits[batch[k].1 as usize] = true;
+            }
+        }
+        if !bits.contains(&true) {
+            continue;
+        }
+        count += 1;
+        put_entry(&mut part, s.seq, 0, &bits);
+    }
+    let mut out = Vec::with_capacity(8 + part.len() + sink_state.len());
+    out.extend_from_slice(&(12 + part.len() as u32).to_be_bytes());
+    out.extend_from_slice(&count.to_be_bytes());
+    out.extend_from_slice(&next_seq.to_be_bytes());
+    out.extend_from_slice(&part);
+    out.extend_from_slice(sink_state);
+    out
+}
+
+/// A journal entry's flag: the snapshot is finished and was counted (delivered) by the run
+/// that wrote the journal; only its spool file was left.
+const COUNTED: u8 = 1;
+
+fn put_entry(part: &mut Vec<u8>, seq: u64, flags: u8, done: &[bool]) {
+    part.extend_from_slice(&seq.to_be_bytes());
+    part.push(flags);
+    part.extend_from_slice(&(done.len() as u32).to_be_bytes());
+    let mut packed = vec![0u8; done.len().div_ceil(8)];
+    for (i, _) in done.iter().enumerate().filter(|(_, &d)| d) {
+        packed[i / 8] |= 1 << (i % 8);
+    }
+    part.extend_from_slice(&packed);
+}
+
+/// Per snapshot sequence: its flags and which records are done.
+type Done = HashMap<u64, (u8, Vec<bool>)>;
+
+/// What `journal_body` wrote: done records by snapshot sequence, the next sequence, and the
+/// sink's state. `None` when malformed (bounds checked, never a panic).
+fn parse_journal(bytes: &[u8]) -> Option<(Done, u64, &[u8])> {
+    let take_u32 = |b: &[u8], at: usize| -> Option<u32> {
+        Some(u32::from_be_bytes(b.get(at..at + 4)?.try_into().ok()?))
+    };
+    let part_len = take_u32(bytes, 0)? as usize;
+    let part = bytes.get(4..4usize.checked_add(part_len)?)?;
+    let sink_state = &bytes[4 + part_len..];
+    let count = take_u32(part, 0)?;
+    let next_seq = u64::from_be_bytes(part.get(4..12)?.try_into().ok()?);
+    let mut at = 12;
+    let mut landed = HashMap::new();
+    for _ in 0..count {
+        let seq = u64::from_be_bytes(part.get(at..at + 8)?.try_into().ok()?);
+        let flags = *part.get(at + 8)?;
+        let n = take_u32(part, at + 9)? as usize;
+        at += 13;
+        let packed = part.get(at..at.checked_add(n.div_ceil(8))?)?;
+        at += packed.len();
+        let bits = (0..n)
+            .map(|i| packed[i / 8] & (1 << (i % 8)) != 0)
+            .collect();
+        landed.insert(seq, (flags, bits));
+    }
+    (at == part.len()).then_some((landed, next_seq, sink_state))
 }
 
 #[cfg(test)]
@@ -472,7 +755,12 @@ mod tests {
     }
 
     impl Sink for ScriptedSink {
-        fn deliver(&mut self, records: &[OutRecord<'_>], _: Instant) -> Delivered {
+        fn deliver(
+            &mut self,
+            records: &[OutRecord<'_>],
+            _: Instant,
+            _: Option<Journal<'_>>,
+        ) -> Delivered {
             self.attempts.lock().unwrap().push(records.len());
             let cue = {
                 let mut cues = self.cues.lock().unwrap();

@@ -13,10 +13,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::kafka::fake::Cluster;
-use crate::kafka::{Producer, ProducerConfig};
+use crate::kafka::{Journal, Producer, ProducerConfig};
 use crate::outbox::Outbox;
 use crate::queue::RecordSpan;
-use crate::sink::{Delivered, KafkaSink, Landed, OutRecord, Sink};
+use crate::sink::{Delivered, KafkaSink, Landed, OutRecord, Resumed, Sink};
 use crate::stats::Stats;
 
 const TOPIC: &str = "sim";
@@ -52,8 +52,13 @@ struct Recording {
 }
 
 impl Sink for Recording {
-    fn deliver(&mut self, records: &[OutRecord<'_>], deadline: Instant) -> Delivered {
-        let delivered = self.inner.deliver(records, deadline);
+    fn deliver(
+        &mut self,
+        records: &[OutRecord<'_>],
+        deadline: Instant,
+        journal: Option<Journal<'_>>,
+    ) -> Delivered {
+        let delivered = self.inner.deliver(records, deadline, journal);
         let mut log = self.landed.lock().unwrap();
         for (r, l) in records.iter().zip(&delivered.landed) {
             if let Some(Landed::Kafka {
@@ -65,6 +70,48 @@ impl Sink for Recording {
         }
         delivered
     }
+
+    fn journal_state(&self) -> Option<Vec<u8>> {
+        self.inner.journal_state()
+    }
+
+    fn restore(
+        &mut self,
+        state: &[u8],
+        pending: &[OutRecord<'_>],
+    ) -> Result<Option<Resumed>, String> {
+        self.inner.restore(state, pending)
+    }
+}
+
+/// A process's outbox over the real sink and producer, opened on `spool` as at a start.
+fn start(
+    cluster: &Cluster,
+    config: &ProducerConfig,
+    landed: &Landings,
+    (spool, queue_max): (Option<&std::path::Path>, usize),
+    stats: &mut Stats,
+) -> Result<Outbox, String> {
+    let producer = Producer::with_connector(config.clone(), Box::new(cluster.clone()));
+    let sink = Recording {
+        inner: KafkaSink::with_producer(producer, TOPIC),
+        landed: landed.clone(),
+    };
+    Outbox::open(Box::new(sink), spool, queue_max, String::new(), stats).map_err(|e| e.to_string())
+}
+
+/// A fresh spool directory for one schedule (in memory where the machine has /dev/shm:
+/// thousands of schedules fsync there).
+fn spool_dir(seed: u64) -> std::path::PathBuf {
+    let base = std::path::Path::new("/dev/shm");
+    let base = if base.is_dir() {
+        base.to_path_buf()
+    } else {
+        std::env::temp_dir()
+    };
+    let dir = base.join(format!("grk-sim-{}-{seed}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
 }
 
 /// One schedule; `Err` says which invariant broke and how.
@@ -97,22 +144,26 @@ fn run(seed: u64) -> Result<(), String> {
         max_attempts: Some(8),
         ..ProducerConfig::default()
     };
-    let producer = Producer::with_connector(config, Box::new(cluster.clone()));
     let landed = Arc::new(Mutex::new(Vec::new()));
-    let sink = Recording {
-        inner: KafkaSink::with_producer(producer, TOPIC),
-        landed: landed.clone(),
-    };
     let queue_max = if rng.chance(30) { 400 } else { 1 << 20 };
+    // With a spool, the process may also crash (and restart from the spool) at any request.
+    let spool = rng.chance(40).then(|| spool_dir(seed));
     let mut stats = Stats::default();
-    let mut outbox = Outbox::open(Box::new(sink), None, queue_max, String::new(), &mut stats)
-        .map_err(|e| e.to_string())?;
+    let mut outbox = start(
+        &cluster,
+        &config,
+        &landed,
+        (spool.as_deref(), queue_max),
+        &mut stats,
+    )?;
+    let mut abandoned: Vec<(Vec<u8>, &'static str)> = Vec::new();
+    let mut crashes = 0u32;
 
     let mut pushed: Vec<Vec<u8>> = Vec::new();
     let mut snapshots = 0u64;
     let steps = 10 + rng.below(40);
     for step in 0..steps {
-        match rng.below(12) {
+        match rng.below(13) {
             0..=3 => {
                 snapshots += 1;
                 // Feed mode: one record, no key (the partition is the producer's choice);
@@ -196,6 +247,32 @@ fn run(seed: u64) -> Result<(), String> {
                     1 + rng.below(n_brokers as u64) as i32
                 };
             }
+            11 if spool.is_some() => {
+                // kill -9 within the next few requests (perhaps mid-send), then a restart.
+                crashes += 1;
+                cluster.state().crash_after = Some(rng.below(6) as u32);
+                let _ = outbox.send_batch(Instant::now() + Duration::from_secs(10), &mut stats);
+                abandoned.append(&mut outbox.abandoned);
+                drop(outbox);
+                {
+                    let mut state = cluster.state();
+                    state.crash_after = None;
+                    state.crashed = false;
+                }
+                outbox = start(
+                    &cluster,
+                    &config,
+                    &landed,
+                    (spool.as_deref(), queue_max),
+                    &mut stats,
+                )?;
+                if trace {
+                    log::debug!(
+                        "step {step}: crash {crashes} and restart; queue {}",
+                        outbox.len()
+                    );
+                }
+            }
             10 => {
                 let b = format!("b{}:9092", 1 + rng.below(n_brokers as u64));
                 let mut state = cluster.state();
@@ -228,24 +305,34 @@ fn run(seed: u64) -> Result<(), String> {
         let _ = outbox.send_batch(Instant::now() + Duration::from_secs(10), &mut stats);
     }
     let landed = landed.lock().unwrap().clone();
+    let queued = outbox.len();
+    abandoned.append(&mut outbox.abandoned);
+    drop(outbox);
+    if let Some(dir) = &spool {
+        let _ = std::fs::remove_dir_all(dir);
+    }
     check(
         &cluster,
-        &outbox,
+        queued,
+        &abandoned,
         &landed,
         &pushed,
         &stats,
-        (snapshots, size_limit),
+        (snapshots, size_limit, crashes),
     )
+    .map_err(|e| format!("{e} ({crashes} crashes)"))
 }
 
 /// The invariants, against the cluster's logs.
+#[allow(clippy::too_many_arguments)]
 fn check(
     cluster: &Cluster,
-    outbox: &Outbox,
+    queued: usize,
+    abandoned: &[(Vec<u8>, &'static str)],
     landed: &[(Vec<u8>, i32, i64)],
     pushed: &[Vec<u8>],
     stats: &Stats,
-    (snapshots, size_limit): (u64, Option<usize>),
+    (snapshots, size_limit, crashes): (u64, Option<usize>, u32),
 ) -> Result<(), String> {
     let state = cluster.state();
     // (ii) No sequence number reused for different data under one producer id.
@@ -277,19 +364,17 @@ fn check(
         }
     }
     // Nothing fetched is lost silently: every record is in the topic or was given up, counted.
-    if !outbox.is_empty() {
+    if queued > 0 {
         return Err(format!(
-            "{} snapshots still queued after the faults ended",
-            outbox.len()
+            "{queued} snapshots still queued after the faults ended"
         ));
     }
-    let abandoned: HashMap<&[u8], &str> = outbox
-        .abandoned
+    let given_up: HashMap<&[u8], &str> = abandoned
         .iter()
         .map(|(v, why)| (v.as_slice(), *why))
         .collect();
     for v in pushed {
-        if !where_is.contains_key(v.as_slice()) && !abandoned.contains_key(v.as_slice()) {
+        if !where_is.contains_key(v.as_slice()) && !given_up.contains_key(v.as_slice()) {
             return Err(format!(
                 "lost without a count: {}",
                 String::from_utf8_lossy(&v[..v.len().min(24)])
@@ -302,7 +387,7 @@ fn check(
     let refusable = |v: &[u8]| {
         size_limit.is_some_and(|max| v.len() > max) || v.ends_with(crate::kafka::fake::INVALID_MARK)
     };
-    for (v, why) in &outbox.abandoned {
+    for (v, why) in abandoned {
         if *why == "refused" && !refusable(v) {
             return Err(format!(
                 "set aside though the broker takes it: {}",
@@ -316,9 +401,13 @@ fn check(
         }
     }
     // (v) The counts add up: every snapshot delivered, dropped or refused.
-    if stats.delivered + stats.dropped + stats.rejected != snapshots {
+    // A restarted process counts what it finds in the spool again (a snapshot acknowledged
+    // just before a crash is resent, deduplicated and counted by the next run too): with
+    // crashes, every snapshot is counted at least once.
+    let counted = stats.delivered + stats.dropped + stats.rejected;
+    if counted < snapshots || (crashes == 0 && counted != snapshots) {
         return Err(format!(
-            "counts: {} delivered + {} dropped + {} rejected != {snapshots} snapshots",
+            "counts: {} delivered + {} dropped + {} rejected for {snapshots} snapshots",
             stats.delivered, stats.dropped, stats.rejected
         ));
     }

@@ -4,12 +4,12 @@
 
 use std::fmt;
 use std::io::Write;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::config::{AcksSetting, CompressionSetting, KafkaSettings, NewTopic};
 use crate::kafka::{
-    Acks, Compression, ConnPool, KafkaError, Producer, ProducerConfig, Record, TopicCreation,
-    TopicSpec,
+    Acks, Compression, ConnPool, Journal, KafkaError, Producer, ProducerConfig, Record,
+    TopicCreation, TopicSpec,
 };
 
 /// Where a document landed, for the poll's log line.
@@ -89,13 +89,54 @@ pub struct Delivered {
     pub error: Option<SinkError>,
 }
 
+/// What a sink took over from a previous run (`Sink::restore`).
+#[derive(Debug)]
+pub struct Resumed {
+    /// For the log line.
+    pub what: String,
+    /// How many pending records, from the oldest, were in flight at the stop: resent first
+    /// and exactly, and never dropped before (`Outbox`'s exact resend).
+    pub resend_first: usize,
+    /// Per pending record: already in the sink (acknowledged before the stop).
+    pub landed: Vec<bool>,
+}
+
 pub trait Sink {
-    /// Delivers records in order, retrying as the sink sees fit until `deadline`.
-    fn deliver(&mut self, records: &[OutRecord<'_>], deadline: Instant) -> Delivered;
+    /// Delivers records in order, retrying as the sink sees fit until `deadline`. A sink that
+    /// keeps delivery state worth saving (the idempotent Kafka producer) hands it to `journal`
+    /// before its first send of new data.
+    fn deliver(
+        &mut self,
+        records: &[OutRecord<'_>],
+        deadline: Instant,
+        journal: Option<Journal<'_>>,
+    ) -> Delivered;
+
+    /// Takes over the state a previous run saved through the journal. `Ok(Some(..))` says
+    /// what was taken over; `Ok(None)`: this sink keeps no such state; `Err`: why it can't be
+    /// used (and what that may cost).
+    /// The delivery state worth saving, now (what `deliver` hands its journal).
+    fn journal_state(&self) -> Option<Vec<u8>> {
+        None
+    }
+
+    /// `pending`: the records still to deliver, oldest first (what was in flight is among
+    /// them unless it landed).
+    fn restore(
+        &mut self,
+        _state: &[u8],
+        _pending: &[OutRecord<'_>],
+    ) -> Result<Option<Resumed>, String> {
+        Ok(None)
+    }
 
     /// Runs once in the feed's own loop before its first poll (topic creation).
     fn prepare(&mut self, _deadline: Instant) {}
 }
+
+/// Kafka's default `producer.id.expiration.ms`: a producer id idle longer may be forgotten by
+/// the broker, and a resend under it would no longer be recognised.
+const PRODUCER_ID_EXPIRATION: Duration = Duration::from_secs(24 * 3600);
 
 pub struct KafkaSink {
     producer: Producer,
@@ -221,7 +262,48 @@ impl Sink for KafkaSink {
         }
     }
 
-    fn deliver(&mut self, records: &[OutRecord<'_>], deadline: Instant) -> Delivered {
+    fn journal_state(&self) -> Option<Vec<u8>> {
+        self.producer.identity_state()
+    }
+
+    fn restore(
+        &mut self,
+        state: &[u8],
+        pending: &[OutRecord<'_>],
+    ) -> Result<Option<Resumed>, String> {
+        let pending: Vec<Record<'_>> = pending
+            .iter()
+            .map(|r| Record {
+                key: r.key,
+                value: r.value,
+                timestamp_ms: r.timestamp_ms,
+            })
+            .collect();
+        let r = self
+            .producer
+            .restore_identity(state, &pending, PRODUCER_ID_EXPIRATION)?;
+        let id = format!("producer id {} epoch {}", r.producer_id, r.producer_epoch);
+        let what = match r.records_in_doubt {
+            0 => format!("{id} taken over (nothing was in doubt)"),
+            n => format!(
+                "{id} taken over; {n} records in {} batches that may already be in Kafka \
+                 are resent as they were, and the broker drops what it has",
+                r.batches_in_doubt
+            ),
+        };
+        Ok(Some(Resumed {
+            what,
+            resend_first: r.resend_first,
+            landed: r.landed,
+        }))
+    }
+
+    fn deliver(
+        &mut self,
+        records: &[OutRecord<'_>],
+        deadline: Instant,
+        journal: Option<Journal<'_>>,
+    ) -> Delivered {
         let records: Vec<Record<'_>> = records
             .iter()
             .map(|r| Record {
@@ -230,7 +312,9 @@ impl Sink for KafkaSink {
                 timestamp_ms: r.timestamp_ms,
             })
             .collect();
-        let (landed, refused, error) = self.producer.produce_each(&self.topic, &records, deadline);
+        let (landed, refused, error) =
+            self.producer
+                .produce_each(&self.topic, &records, deadline, journal);
         let landed = landed
             .into_iter()
             .map(|d| {
@@ -261,7 +345,12 @@ impl<W: Write> StdoutSink<W> {
 }
 
 impl<W: Write> Sink for StdoutSink<W> {
-    fn deliver(&mut self, records: &[OutRecord<'_>], _: Instant) -> Delivered {
+    fn deliver(
+        &mut self,
+        records: &[OutRecord<'_>],
+        _: Instant,
+        _: Option<Journal<'_>>,
+    ) -> Delivered {
         let mut landed = Vec::with_capacity(records.len());
         let mut line = Vec::new();
         for r in records {

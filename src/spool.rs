@@ -22,6 +22,11 @@ const HEADER_LEN: usize = 4 + 1 + 3 + 8 + 4 + 4;
 const NO_KEY: u32 = u32::MAX;
 const SUFFIX: &str = ".snap";
 const REJECTED_DIR: &str = "rejected";
+/// The delivery journal's two files, written in turn (`Spool::write_journal`).
+const JOURNAL_FILES: [&str; 2] = ["producer-state.0", "producer-state.1"];
+const JOURNAL_MAGIC: &[u8; 4] = b"GRKJ";
+/// magic, generation u64, body length u32, crc32c u32 (over the generation and the body).
+const JOURNAL_HEADER_LEN: usize = 4 + 8 + 4 + 4;
 
 #[derive(Debug)]
 pub struct SpoolError {
@@ -78,6 +83,9 @@ impl std::error::Error for SpoolError {}
 
 pub struct Spool {
     dir: PathBuf,
+    /// Generation of the last journal written (or found at start); the next goes to the
+    /// other of the two journal files.
+    journal_generation: std::cell::Cell<u64>,
 }
 
 /// What was found on disk at start.
@@ -89,6 +97,8 @@ pub struct Recovered {
     pub corrupt: usize,
     /// The sequence number to use for the next new snapshot.
     pub next_seq: u64,
+    /// The last intact journal (`write_journal`), if any.
+    pub journal: Option<Vec<u8>>,
 }
 
 impl Spool {
@@ -144,12 +154,38 @@ impl Spool {
                 }
             }
         }
+        let (generation, journal) = read_journal(dir, max_file_bytes);
+        recovered.journal = journal;
         Ok((
             Spool {
                 dir: dir.to_path_buf(),
+                journal_generation: std::cell::Cell::new(generation),
             },
             recovered,
         ))
+    }
+
+    /// Saves the delivery state (what the sink sends next, under which identity) durably: one
+    /// write and one fsync, alternating between two files so a torn write leaves the previous
+    /// state intact. The caller writes it before the data it describes is first sent.
+    pub fn write_journal(&self, body: &[u8]) -> Result<(), SpoolError> {
+        let generation = self.journal_generation.get().wrapping_add(1);
+        let path = self.dir.join(JOURNAL_FILES[(generation % 2) as usize]);
+        let mut bytes = Vec::with_capacity(JOURNAL_HEADER_LEN + body.len());
+        bytes.extend_from_slice(JOURNAL_MAGIC);
+        bytes.extend_from_slice(&generation.to_be_bytes());
+        bytes.extend_from_slice(&(body.len() as u32).to_be_bytes());
+        let crc = crc32c::crc32c_append(crc32c::crc32c(&generation.to_be_bytes()), body);
+        bytes.extend_from_slice(&crc.to_be_bytes());
+        bytes.extend_from_slice(body);
+        fs::File::create(&path)
+            .and_then(|mut file| {
+                file.write_all(&bytes)?;
+                file.sync_data()
+            })
+            .map_err(|cause| SpoolError::new(path, cause))?;
+        self.journal_generation.set(generation);
+        Ok(())
     }
 
     /// Writes the snapshot durably (one write, one fsync) before it is first sent. A write
@@ -193,6 +229,52 @@ impl Spool {
     fn path(&self, seq: u64) -> PathBuf {
         self.dir.join(format!("{seq:020}{SUFFIX}"))
     }
+}
+
+/// The newer of the two journal files that is intact, with its generation (0: none). Only
+/// regular files within `max` bytes are read, like snapshots.
+fn read_journal(dir: &Path, max: u64) -> (u64, Option<Vec<u8>>) {
+    let mut best: (u64, Option<Vec<u8>>) = (0, None);
+    for name in JOURNAL_FILES {
+        let path = dir.join(name);
+        match fs::symlink_metadata(&path) {
+            Ok(meta) if meta.is_file() => {}
+            Ok(_) => {
+                log::warn!(
+                    "spool: {} is not a regular file; left alone, not read",
+                    path.display()
+                );
+                continue;
+            }
+            Err(_) => continue,
+        }
+        let parsed = read_bounded(&path, max).and_then(|bytes| parse_journal(&bytes));
+        match parsed {
+            Ok((generation, body)) if generation > best.0 => best = (generation, Some(body)),
+            Ok(_) => {}
+            // A torn write: the other file holds the state before it.
+            Err(why) => log::debug!("spool: {}: {why}", path.display()),
+        }
+    }
+    best
+}
+
+fn parse_journal(bytes: &[u8]) -> Result<(u64, Vec<u8>), String> {
+    let header = bytes
+        .get(..JOURNAL_HEADER_LEN)
+        .ok_or("cut short (a torn write)")?;
+    if &header[..4] != JOURNAL_MAGIC {
+        return Err("not a journal".to_owned());
+    }
+    let generation = u64::from_be_bytes(header[4..12].try_into().unwrap_or_default());
+    let len = u32::from_be_bytes(header[12..16].try_into().unwrap_or_default()) as usize;
+    let crc = u32::from_be_bytes(header[16..20].try_into().unwrap_or_default());
+    let body = &bytes[JOURNAL_HEADER_LEN..];
+    let sum = crc32c::crc32c_append(crc32c::crc32c(&generation.to_be_bytes()), body);
+    if body.len() != len || sum != crc {
+        return Err("torn or corrupt (checksum)".to_owned());
+    }
+    Ok((generation, body.to_vec()))
 }
 
 /// Proves `dir` takes a durable write: a read-only or full spool is a start error, not an

@@ -58,6 +58,10 @@ pub(crate) struct State {
     pub violations: Vec<String>,
     /// Answer the next Produce with a response carrying the wrong correlation id.
     pub wrong_correlation: u32,
+    /// The producer's process dies after this many more requests reach the cluster: from
+    /// then on (`crashed`) nothing it sends arrives and nothing comes back, as after `kill -9`.
+    pub crash_after: Option<u32>,
+    pub crashed: bool,
     /// SASL required on every connection (PLAIN only; SCRAM is checked against real brokers).
     pub sasl: Option<FakeSasl>,
 }
@@ -175,7 +179,7 @@ impl Connector for Cluster {
         let state = self.0.lock().unwrap();
         let node = state.brokers.iter().find(|b| b.1 == addr).map(|b| b.0);
         match node {
-            Some(node) if !state.down.contains(addr) => Ok(Box::new(FakeConn {
+            Some(node) if !state.down.contains(addr) && !state.crashed => Ok(Box::new(FakeConn {
                 addr: addr.to_owned(),
                 node,
                 cluster: self.0.clone(),
@@ -221,6 +225,18 @@ fn respond<R: Encodable>(
 }
 
 impl FakeConn {
+    /// Whether this request can't be sent: the connection was reset, or the producer's
+    /// process is (now) dead.
+    fn dead(&mut self) -> bool {
+        let mut state = self.cluster.lock().unwrap();
+        match state.crash_after {
+            Some(0) => state.crashed = true,
+            Some(n) => state.crash_after = Some(n - 1),
+            None => {}
+        }
+        self.reset || state.crashed
+    }
+
     fn handle(&mut self, mut frame: Bytes) -> Option<Bytes> {
         let len = frame.get_i32() as usize;
         assert_eq!(len, frame.len(), "size prefix");
@@ -419,7 +435,7 @@ impl FakeConn {
 
 impl Transport for FakeConn {
     fn send(&mut self, frame: &super::wire::Frame, _timeout: Duration) -> Result<(), KafkaError> {
-        if self.reset {
+        if self.dead() {
             return Err(KafkaError::Io {
                 broker: self.addr.clone(),
                 phase: Phase::Write,
@@ -433,7 +449,7 @@ impl Transport for FakeConn {
     }
 
     fn recv(&mut self, _timeout: Duration) -> Result<Bytes, KafkaError> {
-        if self.reset {
+        if self.reset || self.cluster.lock().unwrap().crashed {
             return Err(KafkaError::Io {
                 broker: self.addr.clone(),
                 phase: Phase::Read,

@@ -10,6 +10,7 @@
 //! - `partitioner`: Java-compatible murmur2 for keys, sticky round-robin without.
 //! - `batch`: record batch v2 with pure-Rust gzip/snappy/lz4/zstd and producer-id fields.
 //! - `produce`: Produce requests and per-partition Done / Retry / Fatal decisions.
+//! - `idempotence`: producer id, epoch, sequences, batches in doubt; their saved form.
 //! - `sasl`: PLAIN and SCRAM-SHA-256/512 clients and the SaslHandshake + SaslAuthenticate
 //!   exchange (also for KIP-368 re-authentication); `Secret` (crate::secret): values that format as `***`.
 //! - `tls`: rustls client config from PEM files, the handshake, certificate errors in words.
@@ -23,6 +24,7 @@ mod config;
 mod error;
 #[cfg(test)]
 pub(crate) mod fake;
+mod idempotence;
 mod metadata;
 mod partitioner;
 mod produce;
@@ -38,7 +40,9 @@ pub use crate::secret::Secret;
 pub use config::{Acks, Compression, ProducerConfig, Sasl, SaslMechanism};
 pub use error::{error_code_name, KafkaError, Phase};
 pub use partitioner::{murmur2, partition_for_key};
-pub use producer::{ConnPool, Delivery, Producer, Record, TopicCreation, TopicSpec};
+pub use producer::{
+    ConnPool, Delivery, Journal, Producer, Record, Restored, TopicCreation, TopicSpec,
+};
 pub use tls::{Tls, TlsFiles};
 
 /// Not an API: the fuzzers' way in (fuzz/fuzz_targets/kafka_response.rs). Runs one broker reply

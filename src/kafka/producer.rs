@@ -15,6 +15,7 @@ use kafka_protocol::protocol::{Encodable, StrBytes};
 use super::batch::{encode_batch, BatchRecord, Identity};
 use super::config::{Acks, ProducerConfig, Sasl};
 use super::error::KafkaError;
+use super::idempotence::Idempotence;
 use super::metadata::{Metadata, TopicStatus, UNKNOWN_TOPIC_OR_PARTITION};
 use super::produce::{self, Outcome, PartitionBatch};
 use super::response;
@@ -84,29 +85,6 @@ impl Session {
     }
 }
 
-/// Producer id and the next sequence number per (topic, partition), for idempotent produce.
-#[derive(Debug)]
-struct Idempotence {
-    producer_id: i64,
-    producer_epoch: i16,
-    next_sequence: HashMap<(String, i32), i32>,
-    /// Batches sent whose fate is unknown (no acknowledgement, no refusal): base sequence and
-    /// fingerprint of their data, by (topic, partition). Such a batch may be in the log; the
-    /// next batch at that sequence must be the same data (a resend the broker deduplicates),
-    /// or a new producer id is taken first — never the same sequence for different data.
-    unsettled: HashMap<(String, i32), Unsettled>,
-}
-
-/// A batch of unknown fate (see `Idempotence::unsettled`).
-#[derive(Debug, Clone)]
-struct Unsettled {
-    base_sequence: i32,
-    fingerprint: u64,
-    /// Each record's own fingerprint: a resent keyless record goes back to this partition,
-    /// whatever the sticky choice would be now.
-    records: Vec<u64>,
-}
-
 /// Idle connections kept per broker between calls.
 const IDLE_PER_BROKER: usize = 4;
 
@@ -167,6 +145,28 @@ impl std::fmt::Debug for Producer {
 
 /// Per record of a call: its partition, its offset once acknowledged, whether it was refused.
 type PerRecord<'a> = (&'a mut [Option<i32>], &'a mut [Option<i64>], &'a mut [bool]);
+
+/// Saves the producer's idempotence state before a batch is first sent: the bytes of
+/// `restore_identity`, and which records of the call are done so far (acknowledged or
+/// refused). Given for one
+/// call; a restarted process that restores the last state saved resends what was in flight
+/// under the same identity, and the broker drops what it already has.
+pub type Journal<'a> = &'a mut dyn FnMut(&[u8], &[bool]);
+
+/// What `restore_identity` took over from a previous run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Restored {
+    pub producer_id: i64,
+    pub producer_epoch: i16,
+    pub batches_in_doubt: usize,
+    pub records_in_doubt: usize,
+    /// How many of the pending records, from the oldest, must go first and exactly as they
+    /// are (they reach the last record in doubt).
+    pub resend_first: usize,
+    /// Per pending record: it was in a batch acknowledged before the stop (the saved state
+    /// did not know yet) — in Kafka, not to be sent again.
+    pub landed: Vec<bool>,
+}
 
 /// A request written to a broker whose response is still to be read.
 struct InFlight {
@@ -251,19 +251,21 @@ impl Producer {
         records: &[Record<'_>],
         deadline: Instant,
     ) -> (Vec<Option<Delivery>>, Option<KafkaError>) {
-        let (landed, _, error) = self.produce_each(topic, records, deadline);
+        let (landed, _, error) = self.produce_each(topic, records, deadline, None);
         (landed, error)
     }
 
     /// Like [`Producer::produce_partial`], and also which records the broker refused for what
     /// they are (too large, invalid): never appended, never worth resending. A record neither
     /// landed nor refused has an unknown fate: resend it, in the same order, to have it
-    /// deduplicated.
+    /// deduplicated. With a `journal`, the idempotence state is handed to it before any
+    /// batch is first sent (see [`Journal`]).
     pub fn produce_each(
         &mut self,
         topic: &str,
         records: &[Record<'_>],
         deadline: Instant,
+        journal: Option<Journal<'_>>,
     ) -> (Vec<Option<Delivery>>, Vec<bool>, Option<KafkaError>) {
         let mut partition_of: Vec<Option<i32>> = vec![None; records.len()];
         let mut offsets: Vec<Option<i64>> = vec![None; records.len()];
@@ -274,6 +276,7 @@ impl Producer {
                 records,
                 deadline,
                 (&mut partition_of, &mut offsets, &mut refused),
+                journal,
             )
             .err();
         self.release_conns(error.is_none());
@@ -297,6 +300,7 @@ impl Producer {
         records: &[Record<'_>],
         deadline: Instant,
         per_record: PerRecord<'_>,
+        journal: Option<Journal<'_>>,
     ) -> Result<(), KafkaError> {
         if records.is_empty() {
             return Ok(());
@@ -313,7 +317,7 @@ impl Producer {
                 reason: "idempotence needs acks=all".to_owned(),
             });
         }
-        let result = self.produce_inner(topic, records, deadline, per_record);
+        let result = self.produce_inner(topic, records, deadline, per_record, journal);
         // The keyless partition moves on only after a success: a caller that resends the same
         // records after a failure reaches the same partition with the same producer id and
         // sequence numbers, so the broker drops the copy it already has. On failure the
@@ -331,6 +335,7 @@ impl Producer {
         records: &[Record<'_>],
         deadline: Instant,
         (partition_of, offsets, refused): PerRecord<'_>,
+        mut journal: Option<Journal<'_>>,
     ) -> Result<(), KafkaError> {
         // Base sequence of each partition's batch in this call, kept across retries so the
         // broker recognises a resent batch.
@@ -441,7 +446,9 @@ impl Producer {
                             .get(partitioner::partition_for_key(key, info.partitions.len()))
                             .map(|p| p.id),
                         None => self
-                            .unsettled_partition_of(topic, record)
+                            .idempotence
+                            .as_ref()
+                            .and_then(|idem| idem.unsettled_partition_of(topic, record))
                             .or_else(|| partitioner::sticky_partition(self.calls, &available)),
                     };
                 }
@@ -459,18 +466,22 @@ impl Producer {
                     None => unassigned = true,
                 }
             }
-            for p in &solo {
-                if let Some(idx) = by_partition.get_mut(p) {
+            for (p, idx) in by_partition.iter_mut() {
+                if solo.contains(p) {
                     idx.truncate(1);
+                } else if let Some(idem) = &self.idempotence {
+                    *idx = idem.resend_selection(topic, *p, records, idx);
                 }
             }
             // Invariant: a batch whose fate is unknown is only ever resent as itself.
-            if self.reuses_unsettled_sequence(topic, records, &by_partition, &sequences) {
-                log::debug!(
-                    "kafka: {topic}: a batch that may be in the log is not resent as it was; \
-                     taking a new producer id before sending other data"
+            if self.idempotence.as_ref().is_some_and(|idem| {
+                idem.reuses_unsettled_sequence(topic, records, &by_partition, &sequences)
+            }) {
+                self.drop_identity(
+                    topic,
+                    "a batch that may be in the log is not resent as it was; \
+                     taking a new producer id before sending other data",
                 );
-                self.idempotence = None;
                 sequences.clear();
                 continue;
             }
@@ -495,8 +506,7 @@ impl Producer {
 
             // 4. One request per leader, all written before any response is read. A failure
             // that is not retriable stops the writing, but what was written is still read.
-            let mut in_flight: Vec<InFlight> = Vec::new();
-            let mut fatal: Option<KafkaError> = None;
+            let mut requests: Vec<(String, Vec<PartitionBatch>)> = Vec::new();
             for (leader, partitions) in by_leader {
                 let Some(addr) = self.metadata.broker_addr(leader).map(str::to_owned) else {
                     refresh = true;
@@ -506,7 +516,10 @@ impl Producer {
                 let mut batches = Vec::with_capacity(partitions.len());
                 for p in partitions {
                     let idx = &by_partition[&p];
-                    let identity = self.identity(topic, p, &mut sequences);
+                    let identity = match &self.idempotence {
+                        Some(idem) => idem.identity(topic, p, &mut sequences),
+                        None => Identity::NONE,
+                    };
                     let batch_records: Vec<BatchRecord> = idx
                         .iter()
                         .map(|&i| BatchRecord {
@@ -530,26 +543,37 @@ impl Producer {
                         }
                     }
                 }
-                if batches.is_empty() {
-                    continue;
+                if !batches.is_empty() {
+                    requests.push((addr, batches));
                 }
-                let sent: Vec<(i32, u64)> = batches
+            }
+            // What goes out is of unknown fate until answered: noted first, and saved (with a
+            // spool) before a new batch leaves, so a restart after a crash resends it as itself.
+            if let Some(idem) = &mut self.idempotence {
+                let going: BTreeMap<i32, Vec<usize>> = requests
                     .iter()
-                    .map(|b| {
-                        (
-                            b.partition,
-                            fingerprint(records, &by_partition[&b.partition]),
-                        )
-                    })
+                    .flat_map(|(_, batches)| batches)
+                    .filter_map(|b| Some((b.partition, by_partition.get(&b.partition)?.clone())))
                     .collect();
+                let new = idem.note_unsettled(topic, records, &going, &sequences);
+                if let (true, Some(save)) = (new, journal.as_mut()) {
+                    let done: Vec<bool> = offsets
+                        .iter()
+                        .zip(refused.iter())
+                        .map(|(o, r)| o.is_some() || *r)
+                        .collect();
+                    save(&idem.encode(unix_ms()), &done);
+                }
+            }
+            let mut in_flight: Vec<InFlight> = Vec::new();
+            let mut fatal: Option<KafkaError> = None;
+            for (addr, batches) in requests {
+                let partitions: Vec<i32> = batches.iter().map(|b| b.partition).collect();
                 match self.send_produce(&addr, topic, info.topic_id, batches, deadline) {
-                    Ok(Some(flight)) => {
-                        self.note_unsettled(topic, records, &sent, &by_partition, &sequences);
-                        in_flight.push(flight);
-                    }
+                    Ok(Some(flight)) => in_flight.push(flight),
                     Ok(None) => {
                         // acks=0: written is all we will ever know.
-                        for (p, _) in &sent {
+                        for p in &partitions {
                             for &i in &by_partition[p] {
                                 offsets[i] = Some(-1);
                             }
@@ -557,7 +581,6 @@ impl Producer {
                     }
                     Err(e) if e.is_retriable() => {
                         // Perhaps written, perhaps not: the same batch goes again.
-                        self.note_unsettled(topic, records, &sent, &by_partition, &sequences);
                         log::debug!("will retry: {e}");
                         refresh = true;
                         retry_due = true;
@@ -602,8 +625,11 @@ impl Producer {
                                     -1
                                 });
                             }
-                            if let Some(n) = by_partition.get(&partition).map(Vec::len) {
-                                self.commit_sequence(topic, partition, n, &mut sequences);
+                            if let (Some(n), Some(idem)) = (
+                                by_partition.get(&partition).map(Vec::len),
+                                &mut self.idempotence,
+                            ) {
+                                idem.commit_sequence(topic, partition, n, &mut sequences);
                             }
                         }
                         Outcome::Retry {
@@ -627,15 +653,19 @@ impl Producer {
                         {
                             // The broker lost or fenced our producer state (restart, expiry):
                             // a new producer id restarts every sequence at 0, valid again.
-                            log::debug!("will retry with a new producer id: {e}");
                             identity_resets += 1;
-                            self.idempotence = None;
+                            self.drop_identity(
+                                topic,
+                                &format!("will retry with a new producer id: {e}"),
+                            );
                             sequences.clear();
                             last = Some(e);
                         }
                         Outcome::Fatal(e) if e.rejects_data() => {
                             // Refused, not appended: its sequence is free again.
-                            self.settle(topic, partition);
+                            if let Some(idem) = &mut self.idempotence {
+                                idem.settle(topic, partition);
+                            }
                             sequences.remove(&partition);
                             let idx = by_partition.get(&partition).cloned().unwrap_or_default();
                             refuse(partition, &idx, e, refused, &mut refusal, &mut solo);
@@ -652,122 +682,59 @@ impl Producer {
         }
     }
 
-    /// Whether sending `by_partition` now would put different data at the sequence of a batch
-    /// whose fate is unknown.
-    fn reuses_unsettled_sequence(
-        &self,
-        topic: &str,
-        records: &[Record<'_>],
-        by_partition: &BTreeMap<i32, Vec<usize>>,
-        sequences: &HashMap<i32, i32>,
-    ) -> bool {
-        let Some(idem) = &self.idempotence else {
-            return false;
-        };
-        by_partition.iter().any(|(p, idx)| {
-            let key = (topic.to_owned(), *p);
-            let base = sequences
-                .get(p)
-                .copied()
-                .or_else(|| idem.next_sequence.get(&key).copied())
-                .unwrap_or(0);
-            let now = fingerprint(records, idx);
-            idem.unsettled.get(&key).is_some_and(|u| {
-                let (seq, fp) = (u.base_sequence, u.fingerprint);
-                let differs = seq == base && fp != now;
-                if differs {
-                    log::debug!(
-                        "kafka: {topic}[{p}]: sequence {seq} holds a batch of unknown fate; \
-                         {} other records would take it",
-                        idx.len()
-                    );
-                }
-                differs
-            })
-        })
-    }
-
-    fn note_unsettled(
+    /// Takes over the idempotence state a previous run saved (`Journal`), unless it is older
+    /// than `max_age` (the broker forgets idle producer ids: `producer.id.expiration.ms`).
+    /// Errors say why it can't be used; the caller warns what that may duplicate.
+    /// `pending`: the records still to deliver; a batch in doubt none of whose records is
+    /// among them was acknowledged before the stop.
+    pub fn restore_identity(
         &mut self,
-        topic: &str,
-        records: &[Record<'_>],
-        sent: &[(i32, u64)],
-        by_partition: &BTreeMap<i32, Vec<usize>>,
-        sequences: &HashMap<i32, i32>,
-    ) {
-        if let Some(idem) = &mut self.idempotence {
-            for (p, fp) in sent {
-                if let Some(&base) = sequences.get(p) {
-                    let each = by_partition
-                        .get(p)
-                        .into_iter()
-                        .flatten()
-                        .map(|&i| fingerprint(records, &[i]))
-                        .collect();
-                    idem.unsettled.insert(
-                        (topic.to_owned(), *p),
-                        Unsettled {
-                            base_sequence: base,
-                            fingerprint: *fp,
-                            records: each,
-                        },
-                    );
-                }
-            }
+        state: &[u8],
+        pending: &[Record<'_>],
+        max_age: Duration,
+    ) -> Result<Restored, String> {
+        let (mut idem, saved_at_ms) = Idempotence::decode(state)?;
+        let landed = idem.settle_landed(pending);
+        let age_ms = unix_ms().saturating_sub(saved_at_ms);
+        if age_ms > i64::try_from(max_age.as_millis()).unwrap_or(i64::MAX) {
+            return Err(format!(
+                "saved {} h ago, longer than brokers keep an idle producer id \
+                 (producer.id.expiration.ms, 24 h by default); {} records sent just before \
+                 may be duplicated",
+                age_ms / 3_600_000,
+                idem.records_in_doubt()
+            ));
         }
-    }
-
-    /// Where a keyless record went when it was last sent with an unknown outcome.
-    fn unsettled_partition_of(&self, topic: &str, record: &Record<'_>) -> Option<i32> {
-        let idem = self.idempotence.as_ref()?;
-        let one = [*record];
-        let fp = fingerprint(&one, &[0]);
-        idem.unsettled
-            .iter()
-            .find(|((t, _), u)| t == topic && u.records.contains(&fp))
-            .map(|((_, p), _)| *p)
-    }
-
-    fn settle(&mut self, topic: &str, partition: i32) {
-        if let Some(idem) = &mut self.idempotence {
-            idem.unsettled.remove(&(topic.to_owned(), partition));
-        }
-    }
-
-    /// The identity stamped on `partition`'s batch in this call. An idempotent producer takes the
-    /// partition's next sequence number as the batch's base the first time and reuses it on every
-    /// retry, so the broker recognises a resent batch.
-    fn identity(&self, topic: &str, partition: i32, sequences: &mut HashMap<i32, i32>) -> Identity {
-        let Some(idem) = &self.idempotence else {
-            return Identity::NONE;
-        };
-        let base = *sequences.entry(partition).or_insert_with(|| {
-            idem.next_sequence
-                .get(&(topic.to_owned(), partition))
-                .copied()
-                .unwrap_or(0)
-        });
-        Identity {
+        let restored = Restored {
             producer_id: idem.producer_id,
             producer_epoch: idem.producer_epoch,
-            base_sequence: base,
-        }
+            batches_in_doubt: idem.batches_in_doubt(),
+            records_in_doubt: idem.records_in_doubt(),
+            resend_first: idem.in_doubt_prefix(pending),
+            landed,
+        };
+        self.idempotence = Some(idem);
+        Ok(restored)
     }
 
-    /// Advances the partition's sequence after its batch of `n` records was acknowledged.
-    fn commit_sequence(
-        &mut self,
-        topic: &str,
-        partition: i32,
-        n: usize,
-        sequences: &mut HashMap<i32, i32>,
-    ) {
-        self.settle(topic, partition);
-        if let (Some(idem), Some(base)) = (&mut self.idempotence, sequences.remove(&partition)) {
-            // Sequences wrap at i32::MAX back to 0, as in the Java client.
-            let next = (i64::from(base) + n as i64) % (i64::from(i32::MAX) + 1);
-            idem.next_sequence
-                .insert((topic.to_owned(), partition), next as i32);
+    /// The idempotence state as `Journal` gets it, now (`None` before a producer id).
+    pub fn identity_state(&self) -> Option<Vec<u8>> {
+        self.idempotence.as_ref().map(|idem| idem.encode(unix_ms()))
+    }
+
+    /// Forgets the producer id (a new one is taken before the next send). When batches in
+    /// doubt from before a restart are still unsettled, what that may duplicate is said once.
+    fn drop_identity(&mut self, topic: &str, why: &str) {
+        let Some(idem) = self.idempotence.take() else {
+            return;
+        };
+        match idem.restored_in_doubt() {
+            0 => log::debug!("kafka: {topic}: {why}"),
+            n => log::warn!(
+                "kafka: {topic}: producer id {} of the previous run can't be used any more \
+                 ({why}): up to {n} records sent just before the restart may be duplicated",
+                idem.producer_id
+            ),
         }
     }
 
@@ -1127,12 +1094,10 @@ impl Producer {
                 response.producer_id,
                 response.producer_epoch
             );
-            self.idempotence = Some(Idempotence {
-                producer_id: response.producer_id,
-                producer_epoch: response.producer_epoch,
-                next_sequence: HashMap::new(),
-                unsettled: HashMap::new(),
-            });
+            self.idempotence = Some(Idempotence::new(
+                response.producer_id,
+                response.producer_epoch,
+            ));
             return Ok(());
         }
         Err(last.unwrap_or(KafkaError::Timeout {
@@ -1273,36 +1238,15 @@ fn authenticate(
     Ok(lifetime.map(|l| Session::starting(Instant::now(), l)))
 }
 
+/// Wall-clock ms since the epoch (0 if the clock is before it).
+fn unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
 /// New producer ids one `produce` call may ask for after losing its producer state.
 const MAX_IDENTITY_RESETS: u32 = 3;
-
-/// The data of the records `idx` (keys, values, timestamps): tells a resend from other data.
-fn fingerprint(records: &[Record<'_>], idx: &[usize]) -> u64 {
-    // Two CRCs of different polynomials, both computed in hardware where the CPU has it
-    // (crc32c: SSE4.2 / ARMv8 CRC; crc32fast, already linked by flate2: PCLMUL / ARMv8):
-    // independent 32-bit halves, at memory speed. A byte-wise hash here was 97 % of the
-    // producer's CPU (BENCHMARKS.md "What moved").
-    let mut c = 0u32;
-    let mut ieee = crc32fast::Hasher::new();
-    let mut eat = |bytes: &[u8]| {
-        c = crc32c::crc32c_append(c, bytes);
-        ieee.update(bytes);
-    };
-    for &i in idx {
-        let r = &records[i];
-        match r.key {
-            Some(key) => {
-                eat(&(key.len() as u64).to_le_bytes());
-                eat(key);
-            }
-            None => eat(&u64::MAX.to_le_bytes()),
-        }
-        eat(&(r.value.len() as u64).to_le_bytes());
-        eat(r.value);
-        eat(&r.timestamp_ms.to_le_bytes());
-    }
-    (u64::from(c) << 32) | u64::from(ieee.finalize())
-}
 
 /// A partition's batch was refused for its data: a single record is refused for good; a
 /// batch of several is split, one record per request, to find the one at fault.
@@ -1384,30 +1328,6 @@ impl XorShift {
 mod tests {
     use super::*;
 
-    #[test]
-    fn fingerprints_tell_data_apart_and_match_the_same_data() {
-        let r = |key: Option<&'static [u8]>, value: &'static [u8], ts| Record {
-            key,
-            value,
-            timestamp_ms: ts,
-        };
-        let fp = |rs: &[Record<'_>]| fingerprint(rs, &(0..rs.len()).collect::<Vec<_>>());
-        let base = [r(Some(b"ab"), b"c", 1), r(None, b"x", 2)];
-        assert_eq!(fp(&base), fp(&base.clone()));
-        // Field boundaries count: the same bytes split differently are other data.
-        for other in [
-            [r(Some(b"a"), b"bc", 1), r(None, b"x", 2)],
-            [r(Some(b"ab"), b"c", 1), r(Some(b""), b"x", 2)],
-            [r(Some(b"ab"), b"c", 1), r(None, b"x", 3)],
-            [r(Some(b"ab"), b"c", 1), r(None, b"y", 2)],
-        ] {
-            assert_ne!(fp(&base), fp(&other), "{other:?}");
-        }
-        // Both halves are in use.
-        let v = fp(&base);
-        assert_ne!(v >> 32, 0);
-        assert_ne!(v & 0xffff_ffff, 0);
-    }
     use crate::kafka::config::Compression;
     use crate::kafka::fake::Cluster;
     use crate::kafka::partitioner::partition_for_key;
