@@ -850,6 +850,42 @@ mod tests {
     }
 
     #[test]
+    fn the_journal_says_which_records_are_done_and_carries_the_sink_state() {
+        let dir = std::env::temp_dir().join(format!("grk-journal-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let sink = ScriptedSink::with(vec![]);
+        let (mut o, mut stats) = outbox(&sink, 1 << 20, Some(&dir));
+        push_entities(&mut o, "a", 10, &mut stats);
+        push_entities(&mut o, "b", 3, &mut stats);
+        o.queue.acknowledge(&[(0, 2), (0, 9)]);
+        // In the call: record 0 of "b" (batch position 1) acknowledged so far.
+        let batch = [(0, 3), (1, 0)];
+        let body = journal_body((&o.queue, 77), (&batch, &[false, true]), &[(5, 9)], b"SINK");
+        let (done, next_seq, sink_state) = parse_journal(&body).unwrap();
+        assert_eq!((next_seq, sink_state), (77, &b"SINK"[..]));
+        let bits = |seq: u64| {
+            done[&seq]
+                .1
+                .iter()
+                .map(|&b| u8::from(b))
+                .collect::<Vec<_>>()
+        };
+        let a = o.queue.get(0).unwrap().seq;
+        let b = o.queue.get(1).unwrap().seq;
+        assert_eq!(bits(a), [0, 0, 1, 0, 0, 0, 0, 0, 0, 1]);
+        assert_eq!(bits(b), [1, 0, 0]);
+        assert_eq!(done[&a].0 & COUNTED, 0, "not finished: counted when it is");
+        assert_eq!(bits(5), [1; 9], "a deferred file's snapshot is done");
+        assert_eq!(done[&5].0 & COUNTED, COUNTED);
+        // Damage is refused, never a panic.
+        for cut in 0..body.len() - 4 {
+            let _ = parse_journal(&body[..cut]);
+        }
+        assert!(parse_journal(&body[..10]).is_none());
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
     fn delivers_in_order_and_empties() {
         let sink = ScriptedSink::default();
         let (mut o, mut stats) = outbox(&sink, 1 << 20, None);

@@ -483,6 +483,51 @@ mod tests {
     }
 
     #[test]
+    fn the_newest_intact_journal_is_read_and_a_torn_one_leaves_the_one_before() {
+        let dir = temp_dir("journal");
+        let (spool, recovered) = Spool::open(&dir, 1 << 20).unwrap();
+        assert_eq!(recovered.journal, None);
+        for state in [&b"first"[..], b"second", b"third"] {
+            spool.write_journal(state).unwrap();
+        }
+        let (spool, recovered) = Spool::open(&dir, 1 << 20).unwrap();
+        assert_eq!(recovered.journal.as_deref(), Some(&b"third"[..]));
+        // Generations go on after a start: the next write replaces the older file.
+        spool.write_journal(b"fourth").unwrap();
+        let (_, recovered) = Spool::open(&dir, 1 << 20).unwrap();
+        assert_eq!(recovered.journal.as_deref(), Some(&b"fourth"[..]));
+        // Power lost while writing the fifth: it is cut short, the fourth stands.
+        let (spool, _) = Spool::open(&dir, 1 << 20).unwrap();
+        spool.write_journal(b"fifth, torn").unwrap();
+        let newest = JOURNAL_FILES
+            .iter()
+            .map(|n| dir.join(n))
+            .max_by_key(|p| fs::read(p).unwrap()[4..12].to_vec())
+            .unwrap();
+        let bytes = fs::read(&newest).unwrap();
+        fs::write(&newest, &bytes[..bytes.len() - 3]).unwrap();
+        let (_, recovered) = Spool::open(&dir, 1 << 20).unwrap();
+        assert_eq!(recovered.journal.as_deref(), Some(&b"fourth"[..]));
+        // A flipped byte is caught by the checksum too; a FIFO in its place is not opened.
+        let mut bytes = fs::read(&newest).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        fs::write(&newest, &bytes).unwrap();
+        let other = JOURNAL_FILES
+            .iter()
+            .map(|n| dir.join(n))
+            .find(|p| *p != newest)
+            .unwrap();
+        fs::remove_file(&other).unwrap();
+        let made = std::process::Command::new("mkfifo").arg(&other).status();
+        if made.is_ok_and(|s| s.success()) {
+            let (_, recovered) = Spool::open(&dir, 1 << 20).unwrap();
+            assert_eq!(recovered.journal, None);
+        }
+        fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
     fn torn_and_corrupt_files_are_skipped_not_fatal() {
         let dir = temp_dir("torn");
         let (spool, _) = Spool::open(&dir, 1 << 30).unwrap();
