@@ -361,6 +361,7 @@ impl Outbox {
         let Delivered {
             landed,
             refused,
+            refusal,
             error,
         } = self.sink.deliver(&records, deadline, journal);
         drop(records);
@@ -404,8 +405,10 @@ impl Outbox {
         if !acked.is_empty() {
             self.last_delivery_unix = Some(now_unix());
         }
-        let reason = error
+        // A refusal is reported with its own cause, not with whatever ended the call.
+        let reason = refusal
             .as_ref()
+            .or(error.as_ref())
             .map_or_else(|| "refused by the sink".to_string(), ToString::to_string);
         // Last first, so removing one never moves another still to handle.
         for &(si, ri) in set_aside.iter().rev() {
@@ -732,6 +735,17 @@ mod tests {
         Refuse(usize),
     }
 
+    fn too_large() -> SinkError {
+        SinkError::Kafka(KafkaError::MessageTooLarge {
+            broker: "b".into(),
+            topic: "t".into(),
+            partition: 0,
+            batch_bytes: 2_000_000,
+            largest_record_bytes: 2_000_000,
+            compression: "none",
+        })
+    }
+
     /// A sink that follows a script of cues and records every value it accepted, in order.
     #[derive(Clone, Default)]
     struct ScriptedSink {
@@ -800,18 +814,13 @@ mod tests {
                 Cue::Accept => None,
                 Cue::AcceptThenFail(n) if n >= records.len() => None,
                 Cue::AcceptThenFail(_) => Some(retriable()),
-                Cue::Refuse(_) => Some(SinkError::Kafka(KafkaError::MessageTooLarge {
-                    broker: "b".into(),
-                    topic: "t".into(),
-                    partition: 0,
-                    batch_bytes: 2_000_000,
-                    largest_record_bytes: 2_000_000,
-                    compression: "none",
-                })),
+                Cue::Refuse(_) => Some(too_large()),
             };
+            let refusal = refused.contains(&true).then(too_large);
             Delivered {
                 landed,
                 refused,
+                refusal,
                 error,
             }
         }

@@ -85,6 +85,8 @@ pub struct Delivered {
     /// Records refused for what they are (too large, invalid): never appended, and resending
     /// them can't help. A record neither landed nor refused has an unknown fate.
     pub refused: Vec<bool>,
+    /// Why the `refused` records were refused.
+    pub refusal: Option<SinkError>,
     /// Why not every record landed.
     pub error: Option<SinkError>,
 }
@@ -312,10 +314,11 @@ impl Sink for KafkaSink {
                 timestamp_ms: r.timestamp_ms,
             })
             .collect();
-        let (landed, refused, error) =
-            self.producer
-                .produce_each(&self.topic, &records, deadline, journal);
-        let landed = landed
+        let produced = self
+            .producer
+            .produce_each(&self.topic, &records, deadline, journal);
+        let landed = produced
+            .landed
             .into_iter()
             .map(|d| {
                 d.map(|d| Landed::Kafka {
@@ -327,8 +330,9 @@ impl Sink for KafkaSink {
             .collect();
         Delivered {
             landed,
-            refused,
-            error: error.map(SinkError::Kafka),
+            refused: produced.refused,
+            refusal: produced.refusal.map(SinkError::Kafka),
+            error: produced.error.map(SinkError::Kafka),
         }
     }
 }
@@ -364,6 +368,7 @@ impl<W: Write> Sink for StdoutSink<W> {
                 return Delivered {
                     landed,
                     refused: vec![false; records.len()],
+                    refusal: None,
                     error: Some(SinkError::Stdout(e)),
                 };
             }
@@ -376,6 +381,7 @@ impl<W: Write> Sink for StdoutSink<W> {
         Delivered {
             landed,
             refused: vec![false; records.len()],
+            refusal: None,
             error: error.map(SinkError::Stdout),
         }
     }

@@ -34,7 +34,7 @@ impl fmt::Display for Phase {
 ///
 /// Each variant carries the context an operator needs (broker `host:port`, topic, partition, the
 /// Kafka error code name); `Display` renders it as one log line.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 #[non_exhaustive]
 pub enum KafkaError {
     /// The producer configuration cannot work (for example no bootstrap address).

@@ -42,6 +42,23 @@ impl TopicInfo {
             .collect()
     }
 
+    /// A topic whose partition `i` is led by `leaders[i]` (`None`: no leader), for tests.
+    #[cfg(test)]
+    pub(crate) fn with_leaders(leaders: &[Option<i32>]) -> TopicInfo {
+        TopicInfo {
+            topic_id: None,
+            partitions: leaders
+                .iter()
+                .enumerate()
+                .map(|(id, &leader)| PartitionInfo {
+                    id: id as i32,
+                    leader,
+                })
+                .collect(),
+            fetched_at: Instant::now(),
+        }
+    }
+
     pub(crate) fn leader(&self, partition: i32) -> Option<i32> {
         self.partitions
             .iter()

@@ -10,6 +10,8 @@
 //! - `partitioner`: Java-compatible murmur2 for keys, sticky round-robin without.
 //! - `batch`: record batch v2 with pure-Rust gzip/snappy/lz4/zstd and producer-id fields.
 //! - `produce`: Produce requests and per-partition Done / Retry / Fatal decisions.
+//! - `attempt`: one produce call's policy as a state machine (rounds, retries, refusals,
+//!   identity changes); the producer only moves its bytes.
 //! - `idempotence`: producer id, epoch, sequences, batches in doubt; their saved form.
 //! - `sasl`: PLAIN and SCRAM-SHA-256/512 clients and the SaslHandshake + SaslAuthenticate
 //!   exchange (also for KIP-368 re-authentication); `Secret` (crate::secret): values that format as `***`.
@@ -19,6 +21,7 @@
 //!   on every new connection; `ConnPool` shares idle negotiated connections between the
 //!   producers of one cluster (a connection goes back only when nothing is unread on it).
 
+mod attempt;
 mod batch;
 mod config;
 mod error;
@@ -41,7 +44,7 @@ pub use config::{Acks, Compression, ProducerConfig, Sasl, SaslMechanism};
 pub use error::{error_code_name, KafkaError, Phase};
 pub use partitioner::{murmur2, partition_for_key};
 pub use producer::{
-    ConnPool, Delivery, Journal, Producer, Record, Restored, TopicCreation, TopicSpec,
+    ConnPool, Delivery, Journal, Produced, Producer, Record, Restored, TopicCreation, TopicSpec,
 };
 pub use tls::{Tls, TlsFiles};
 

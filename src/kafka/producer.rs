@@ -2,7 +2,7 @@
 //! (versions, metadata, partitioner, batch, produce) and the transport, with retries, backoff and
 //! reconnects. Owns the connections; never encodes or parses protocol bytes itself.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -12,17 +12,18 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::{Encodable, StrBytes};
 
-use super::batch::{encode_batch, BatchRecord, Identity};
+use super::attempt::{Applied, Call, Plan};
+use super::batch::{encode_batch, BatchRecord};
 use super::config::{Acks, ProducerConfig, Sasl};
 use super::error::KafkaError;
 use super::idempotence::Idempotence;
-use super::metadata::{Metadata, TopicStatus, UNKNOWN_TOPIC_OR_PARTITION};
+use super::metadata::{Metadata, TopicStatus};
 use super::produce::{self, Outcome, PartitionBatch};
 use super::response;
 use super::sasl;
 use super::transport::{Connector, TcpConnector, TlsConnector, Transport};
 use super::versions::{Handshake, HandshakeStep, Versions, INIT_PRODUCER_ID};
-use super::{partitioner, wire};
+use super::wire;
 
 /// A topic to create: -1 partitions or replication factor means the broker's default.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -143,15 +144,25 @@ impl std::fmt::Debug for Producer {
     }
 }
 
-/// Per record of a call: its partition, its offset once acknowledged, whether it was refused.
-type PerRecord<'a> = (&'a mut [Option<i32>], &'a mut [Option<i64>], &'a mut [bool]);
-
 /// Saves the producer's idempotence state before a batch is first sent: the bytes of
 /// `restore_identity`, and which records of the call are done so far (acknowledged or
 /// refused). Given for one
 /// call; a restarted process that restores the last state saved resends what was in flight
 /// under the same identity, and the broker drops what it already has.
 pub type Journal<'a> = &'a mut dyn FnMut(&[u8], &[bool]);
+
+/// What one `produce_each` call did, record by record.
+#[derive(Debug)]
+pub struct Produced {
+    /// Where each record landed; `None`: not acknowledged.
+    pub landed: Vec<Option<Delivery>>,
+    /// Records the broker refused for what they are (never appended, not worth resending).
+    pub refused: Vec<bool>,
+    /// Why they were refused (the first refusal).
+    pub refusal: Option<KafkaError>,
+    /// Why the call ended before every record landed.
+    pub error: Option<KafkaError>,
+}
 
 /// What `restore_identity` took over from a previous run.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -251,8 +262,8 @@ impl Producer {
         records: &[Record<'_>],
         deadline: Instant,
     ) -> (Vec<Option<Delivery>>, Option<KafkaError>) {
-        let (landed, _, error) = self.produce_each(topic, records, deadline, None);
-        (landed, error)
+        let produced = self.produce_each(topic, records, deadline, None);
+        (produced.landed, produced.error)
     }
 
     /// Like [`Producer::produce_partial`], and also which records the broker refused for what
@@ -266,23 +277,14 @@ impl Producer {
         records: &[Record<'_>],
         deadline: Instant,
         journal: Option<Journal<'_>>,
-    ) -> (Vec<Option<Delivery>>, Vec<bool>, Option<KafkaError>) {
-        let mut partition_of: Vec<Option<i32>> = vec![None; records.len()];
-        let mut offsets: Vec<Option<i64>> = vec![None; records.len()];
-        let mut refused = vec![false; records.len()];
-        let error = self
-            .produce_checked(
-                topic,
-                records,
-                deadline,
-                (&mut partition_of, &mut offsets, &mut refused),
-                journal,
-            )
-            .err();
+    ) -> Produced {
+        let mut call = Call::new(topic, records, self.config.unknown_topic_retries);
+        let error = self.produce_checked(&mut call, deadline, journal).err();
         self.release_conns(error.is_none());
-        let landed = partition_of
+        let landed = call
+            .partition_of
             .iter()
-            .zip(&offsets)
+            .zip(&call.offsets)
             .map(|(p, o)| match (p, o) {
                 (Some(partition), Some(offset)) => Some(Delivery {
                     partition: *partition,
@@ -291,18 +293,21 @@ impl Producer {
                 _ => None,
             })
             .collect();
-        (landed, refused, error)
+        Produced {
+            landed,
+            refused: call.refused,
+            refusal: call.refusal,
+            error,
+        }
     }
 
     fn produce_checked(
         &mut self,
-        topic: &str,
-        records: &[Record<'_>],
+        call: &mut Call<'_, '_>,
         deadline: Instant,
-        per_record: PerRecord<'_>,
         journal: Option<Journal<'_>>,
     ) -> Result<(), KafkaError> {
-        if records.is_empty() {
+        if call.is_empty() {
             return Ok(());
         }
         if self.config.bootstrap.is_empty() {
@@ -317,7 +322,7 @@ impl Producer {
                 reason: "idempotence needs acks=all".to_owned(),
             });
         }
-        let result = self.produce_inner(topic, records, deadline, per_record, journal);
+        let result = self.produce_inner(call, deadline, journal);
         // The keyless partition moves on only after a success: a caller that resends the same
         // records after a failure reaches the same partition with the same producer id and
         // sequence numbers, so the broker drops the copy it already has. On failure the
@@ -329,198 +334,78 @@ impl Producer {
         result
     }
 
+    /// Runs `call` (the policy, `attempt::Call`) against the brokers: metadata, producer id,
+    /// encoding, the journal, writing requests and reading every answer. Only moves bytes and
+    /// sleeps; every decision is the call's.
     fn produce_inner(
         &mut self,
-        topic: &str,
-        records: &[Record<'_>],
+        call: &mut Call<'_, '_>,
         deadline: Instant,
-        (partition_of, offsets, refused): PerRecord<'_>,
         mut journal: Option<Journal<'_>>,
     ) -> Result<(), KafkaError> {
-        // Base sequence of each partition's batch in this call, kept across retries so the
-        // broker recognises a resent batch.
-        let mut sequences: HashMap<i32, i32> = HashMap::new();
-        let mut attempts: u32 = 0;
-        let mut retries: u32 = 0;
-        let mut unknown_topic: u32 = 0;
-        let mut last: Option<KafkaError> = None;
-        let mut refresh = false;
-        let mut identity_resets: u32 = 0;
-        // `refused`: records the broker refused for what they are (never appended): not sent
-        // again in this call, reported with the first refusal once everything else is
-        // acknowledged (and per record whatever the outcome).
-        let mut refusal: Option<KafkaError> = None;
-        // Partitions whose refused batch held several records: from then on one record per
-        // request, so a refusal lands on the record it is about and its neighbours go through.
-        let mut solo: HashSet<i32> = HashSet::new();
-        let mut retry_due = false;
+        let topic = call.topic();
         loop {
-            if retry_due {
-                retries += 1;
-                self.backoff(retries, deadline);
+            if let Some(retry) = call.backoff_due() {
+                self.backoff(retry, deadline);
             }
-            retry_due = false;
-            let waiting = offsets
-                .iter()
-                .zip(refused.iter())
-                .filter(|(o, r)| o.is_none() && !**r)
-                .count();
-            if waiting == 0 {
-                return refusal.map_or(Ok(()), Err);
+            if let Some(end) = call.verdict(Instant::now() >= deadline, self.config.max_attempts) {
+                return end;
             }
-            let out_of_attempts = self.config.max_attempts.is_some_and(|max| attempts >= max);
-            if Instant::now() >= deadline || out_of_attempts {
-                return Err(KafkaError::DeadlineExceeded {
-                    topic: topic.to_owned(),
-                    undelivered: waiting,
-                    attempts,
-                    last: last.or(refusal).map(Box::new),
-                });
-            }
-            attempts += 1;
-            let budget = self.config.unknown_topic_retries;
-            // 1. Metadata.
-            if refresh {
+            // 1. Metadata and producer id.
+            if call.take_refresh() {
                 self.metadata.invalidate(topic);
-                refresh = false;
             }
+            let max_age = self.config.metadata_max_age;
             if self
                 .metadata
-                .topic(topic, Instant::now(), self.config.metadata_max_age)
+                .topic(topic, Instant::now(), max_age)
                 .is_none()
             {
                 match self.refresh_metadata(topic, deadline) {
                     Ok(TopicStatus::Known) => {}
                     Ok(TopicStatus::NotReady(e)) => {
-                        count_unknown_topic(&e, topic, &mut unknown_topic, budget)?;
-                        log::debug!("will retry: {e}");
-                        last = Some(e);
-                        retry_due = true;
+                        call.topic_not_ready(e)?;
                         continue;
                     }
-                    Err(e) if e.is_retriable() => {
-                        log::debug!("will retry: {e}");
-                        // A refresh that timed out (often cut short by the deadline itself)
-                        // says less than what made us refresh (no leader, a moved
-                        // partition): keep that.
-                        let timed_out = matches!(
-                            e,
-                            KafkaError::Timeout { .. } | KafkaError::NoBrokerReachable { .. }
-                        );
-                        if last.is_none() || !timed_out {
-                            last = Some(e);
-                        }
-                        retry_due = true;
+                    Err(e) => {
+                        call.metadata_failed(e)?;
                         continue;
                     }
-                    Err(e) => return Err(e),
                 }
             }
             if self.config.idempotence && self.idempotence.is_none() {
-                match self.init_producer_id(deadline) {
-                    Ok(()) => {}
-                    Err(e) if e.is_retriable() => {
-                        log::debug!("will retry: {e}");
-                        last = Some(e);
-                        retry_due = true;
-                        continue;
-                    }
-                    Err(e) => return Err(e),
+                if let Err(e) = self.init_producer_id(deadline) {
+                    call.identity_failed(e)?;
+                    continue;
                 }
             }
-            let Some(info) = self
-                .metadata
-                .topic(topic, Instant::now(), self.config.metadata_max_age)
-                .cloned()
-            else {
+            let Some(info) = self.metadata.topic(topic, Instant::now(), max_age).cloned() else {
                 continue;
             };
 
-            // 2. Partitions, assigned once per record and kept across retries.
-            let available = info.available();
-            for (record, slot) in records.iter().zip(partition_of.iter_mut()) {
-                if slot.is_none() {
-                    *slot = match record.key {
-                        Some(key) => info
-                            .partitions
-                            .get(partitioner::partition_for_key(key, info.partitions.len()))
-                            .map(|p| p.id),
-                        None => self
-                            .idempotence
-                            .as_ref()
-                            .and_then(|idem| idem.unsettled_partition_of(topic, record))
-                            .or_else(|| partitioner::sticky_partition(self.calls, &available)),
-                    };
-                }
-            }
-
-            // 3. Pending records by partition, partitions by leader.
-            let mut by_partition: BTreeMap<i32, Vec<usize>> = BTreeMap::new();
-            let mut unassigned = false;
-            for (i, partition) in partition_of.iter().enumerate() {
-                if offsets[i].is_some() || refused[i] {
+            // 2. What goes where this round.
+            let by_leader = match call.plan(&info, self.idempotence.as_ref(), self.calls) {
+                Plan::Send(by_leader) => by_leader,
+                Plan::NewIdentity(why) => {
+                    self.drop_identity(topic, &why);
                     continue;
                 }
-                match partition {
-                    Some(p) => by_partition.entry(*p).or_default().push(i),
-                    None => unassigned = true,
-                }
-            }
-            for (p, idx) in by_partition.iter_mut() {
-                if solo.contains(p) {
-                    idx.truncate(1);
-                } else if let Some(idem) = &self.idempotence {
-                    *idx = idem.resend_selection(topic, *p, records, idx);
-                }
-            }
-            // Invariant: a batch whose fate is unknown is only ever resent as itself.
-            if self.idempotence.as_ref().is_some_and(|idem| {
-                idem.reuses_unsettled_sequence(topic, records, &by_partition, &sequences)
-            }) {
-                self.drop_identity(
-                    topic,
-                    "a batch that may be in the log is not resent as it was; \
-                     taking a new producer id before sending other data",
-                );
-                sequences.clear();
-                continue;
-            }
-            let mut by_leader: BTreeMap<i32, Vec<i32>> = BTreeMap::new();
-            for &p in by_partition.keys() {
-                match info.leader(p) {
-                    Some(leader) => by_leader.entry(leader).or_default().push(p),
-                    None => unassigned = true,
-                }
-            }
-            if unassigned {
-                refresh = true;
-                retry_due = true;
-                last = Some(KafkaError::broker_code(
-                    "-",
-                    topic,
-                    None,
-                    5,
-                    Some("no leader yet".to_owned()),
-                ));
-            }
+            };
 
-            // 4. One request per leader, all written before any response is read. A failure
-            // that is not retriable stops the writing, but what was written is still read.
+            // 3. One request per leader, encoded, noted as of unknown fate (and saved, with a
+            // journal, when new) before any is written.
             let mut requests: Vec<(String, Vec<PartitionBatch>)> = Vec::new();
             for (leader, partitions) in by_leader {
                 let Some(addr) = self.metadata.broker_addr(leader).map(str::to_owned) else {
-                    refresh = true;
-                    retry_due = true;
+                    call.leader_unknown();
                     continue;
                 };
                 let mut batches = Vec::with_capacity(partitions.len());
                 for p in partitions {
-                    let idx = &by_partition[&p];
-                    let identity = match &self.idempotence {
-                        Some(idem) => idem.identity(topic, p, &mut sequences),
-                        None => Identity::NONE,
-                    };
-                    let batch_records: Vec<BatchRecord> = idx
+                    let identity = call.identity(self.idempotence.as_ref(), p);
+                    let records = call.records();
+                    let batch_records: Vec<BatchRecord> = call
+                        .records_of(p)
                         .iter()
                         .map(|&i| BatchRecord {
                             key: records[i].key,
@@ -533,144 +418,64 @@ impl Producer {
                             partition: p,
                             batch,
                         }),
-                        // Data the protocol can't carry: refused like a broker refusal.
-                        Err(detail) => {
-                            let e = KafkaError::Encode {
+                        Err(detail) => call.encode_failed(
+                            p,
+                            KafkaError::Encode {
                                 topic: topic.to_owned(),
                                 detail,
-                            };
-                            refuse(p, idx, e, refused, &mut refusal, &mut solo);
-                        }
+                            },
+                        ),
                     }
                 }
                 if !batches.is_empty() {
                     requests.push((addr, batches));
                 }
             }
-            // What goes out is of unknown fate until answered: noted first, and saved (with a
-            // spool) before a new batch leaves, so a restart after a crash resends it as itself.
             if let Some(idem) = &mut self.idempotence {
-                let going: BTreeMap<i32, Vec<usize>> = requests
+                let partitions: Vec<i32> = requests
                     .iter()
-                    .flat_map(|(_, batches)| batches)
-                    .filter_map(|b| Some((b.partition, by_partition.get(&b.partition)?.clone())))
+                    .flat_map(|(_, batches)| batches.iter().map(|b| b.partition))
                     .collect();
-                let new = idem.note_unsettled(topic, records, &going, &sequences);
+                let going = call.going(&partitions);
+                let new = idem.note_unsettled(topic, call.records(), &going, call.sequences());
                 if let (true, Some(save)) = (new, journal.as_mut()) {
-                    let done: Vec<bool> = offsets
-                        .iter()
-                        .zip(refused.iter())
-                        .map(|(o, r)| o.is_some() || *r)
-                        .collect();
-                    save(&idem.encode(unix_ms()), &done);
+                    save(&idem.encode(unix_ms()), &call.done());
                 }
             }
+
+            // 4. All requests written before any answer is read. A failure that is not
+            // retriable stops the writing, but what was written is still read.
             let mut in_flight: Vec<InFlight> = Vec::new();
             let mut fatal: Option<KafkaError> = None;
             for (addr, batches) in requests {
                 let partitions: Vec<i32> = batches.iter().map(|b| b.partition).collect();
                 match self.send_produce(&addr, topic, info.topic_id, batches, deadline) {
                     Ok(Some(flight)) => in_flight.push(flight),
-                    Ok(None) => {
-                        // acks=0: written is all we will ever know.
-                        for p in &partitions {
-                            for &i in &by_partition[p] {
-                                offsets[i] = Some(-1);
-                            }
-                        }
-                    }
-                    Err(e) if e.is_retriable() => {
-                        // Perhaps written, perhaps not: the same batch goes again.
-                        log::debug!("will retry: {e}");
-                        refresh = true;
-                        retry_due = true;
-                        last = Some(e);
-                    }
+                    Ok(None) => call.sent_unacknowledged(&partitions),
                     Err(e) => {
-                        fatal = Some(e);
-                        break;
+                        if let Some(e) = call.send_failed(e) {
+                            fatal = Some(e);
+                            break;
+                        }
                     }
                 }
             }
 
-            // 5. Every response is read (or its connection closed) before the attempt ends,
-            // and every partition's outcome applied: one partition's refusal never discards
-            // another's acknowledgement.
+            // 5. Every answer is read (or its connection closed) before the round ends, and
+            // every partition's outcome applied.
             for flight in in_flight {
                 let outcomes = match self.recv_produce(&flight, topic, deadline) {
                     Ok(outcomes) => outcomes,
-                    // No reply, a garbled or mismatched one: the batches may be in the log.
-                    // Their connection is closed; they go again as they were.
                     Err(e) => {
-                        log::debug!("will retry: {e}");
-                        refresh = true;
-                        retry_due = true;
-                        last = Some(e);
+                        call.recv_failed(e);
                         continue;
                     }
                 };
                 for (partition, outcome) in outcomes {
-                    log::trace!("kafka: {topic}[{partition}]: {outcome:?}");
-                    match outcome {
-                        Outcome::Done { base_offset } => {
-                            for (k, &i) in by_partition
-                                .get(&partition)
-                                .into_iter()
-                                .flatten()
-                                .enumerate()
-                            {
-                                offsets[i] = Some(if base_offset >= 0 {
-                                    base_offset + k as i64
-                                } else {
-                                    -1
-                                });
-                            }
-                            if let (Some(n), Some(idem)) = (
-                                by_partition.get(&partition).map(Vec::len),
-                                &mut self.idempotence,
-                            ) {
-                                idem.commit_sequence(topic, partition, n, &mut sequences);
-                            }
-                        }
-                        Outcome::Retry {
-                            refresh_metadata,
-                            reason,
-                        } => {
-                            if let Err(e) =
-                                count_unknown_topic(&reason, topic, &mut unknown_topic, budget)
-                            {
-                                fatal.get_or_insert(e);
-                            }
-                            log::debug!("will retry: {reason}");
-                            refresh |= refresh_metadata;
-                            retry_due = true;
-                            last = Some(reason);
-                        }
-                        Outcome::Fatal(e)
-                            if self.idempotence.is_some()
-                                && is_lost_producer_state(&e)
-                                && identity_resets < MAX_IDENTITY_RESETS =>
-                        {
-                            // The broker lost or fenced our producer state (restart, expiry):
-                            // a new producer id restarts every sequence at 0, valid again.
-                            identity_resets += 1;
-                            self.drop_identity(
-                                topic,
-                                &format!("will retry with a new producer id: {e}"),
-                            );
-                            sequences.clear();
-                            last = Some(e);
-                        }
-                        Outcome::Fatal(e) if e.rejects_data() => {
-                            // Refused, not appended: its sequence is free again.
-                            if let Some(idem) = &mut self.idempotence {
-                                idem.settle(topic, partition);
-                            }
-                            sequences.remove(&partition);
-                            let idx = by_partition.get(&partition).cloned().unwrap_or_default();
-                            refuse(partition, &idx, e, refused, &mut refusal, &mut solo);
-                        }
-                        Outcome::Fatal(e) => {
+                    match call.apply(partition, outcome, self.idempotence.as_mut()) {
+                        Ok(Applied::Nothing) => {}
+                        Ok(Applied::NewIdentity(why)) => self.drop_identity(topic, &why),
+                        Err(e) => {
                             fatal.get_or_insert(e);
                         }
                     }
@@ -1243,62 +1048,6 @@ fn unix_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
-/// New producer ids one `produce` call may ask for after losing its producer state.
-const MAX_IDENTITY_RESETS: u32 = 3;
-
-/// A partition's batch was refused for its data: a single record is refused for good; a
-/// batch of several is split, one record per request, to find the one at fault.
-fn refuse(
-    partition: i32,
-    idx: &[usize],
-    e: KafkaError,
-    refused: &mut [bool],
-    refusal: &mut Option<KafkaError>,
-    solo: &mut HashSet<i32>,
-) {
-    match idx {
-        [only] => {
-            refused[*only] = true;
-            refusal.get_or_insert(e);
-        }
-        _ => {
-            log::debug!("kafka: batch refused ({e}); sending its records one by one");
-            solo.insert(partition);
-        }
-    }
-}
-
-/// OUT_OF_ORDER_SEQUENCE_NUMBER, INVALID_PRODUCER_EPOCH, UNKNOWN_PRODUCER_ID: the broker no longer
-/// agrees with our sequence numbers.
-fn is_lost_producer_state(e: &KafkaError) -> bool {
-    matches!(e.code(), Some(45 | 47 | 59))
-}
-
-/// Counts an UNKNOWN_TOPIC_OR_PARTITION answer; past `budget` of them the topic is taken as missing.
-fn count_unknown_topic(
-    e: &KafkaError,
-    topic: &str,
-    count: &mut u32,
-    budget: u32,
-) -> Result<(), KafkaError> {
-    if e.code() != Some(UNKNOWN_TOPIC_OR_PARTITION) {
-        return Ok(());
-    }
-    *count += 1;
-    if *count <= budget {
-        return Ok(());
-    }
-    let broker = match e {
-        KafkaError::Broker { broker, .. } => broker.clone(),
-        _ => "-".to_owned(),
-    };
-    Err(KafkaError::UnknownTopic {
-        topic: topic.to_owned(),
-        broker,
-        attempts: *count,
-    })
 }
 
 /// xorshift64* for backoff jitter; not for anything that needs real randomness.
