@@ -168,7 +168,7 @@ fn escape_into(out: &mut String, text: &str) {
 }
 
 /// `YYYY-MM-DDTHH:MM:SS.mmmZ` from Unix milliseconds (proleptic Gregorian, UTC).
-fn utc_timestamp(unix_ms: u64) -> String {
+pub(crate) fn utc_timestamp(unix_ms: u64) -> String {
     let secs = unix_ms / 1000;
     let (days, rem) = (secs / 86_400, secs % 86_400);
     let (y, m, d) = civil_from_days(days as i64);

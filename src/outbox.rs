@@ -532,14 +532,22 @@ impl Outbox {
         let dropped = self.queue.push_keeping(snapshot, self.snapshots_in_doubt());
         if !dropped.is_empty() {
             stats.dropped += dropped.len() as u64;
-            let seqs: Vec<String> = dropped.iter().map(|s| s.seq.to_string()).collect();
+            // Each named: its sequence (as in the spool), its records' time, how many records.
+            let seqs: Vec<String> = dropped
+                .iter()
+                .map(|s| {
+                    let at =
+                        crate::logger::utc_timestamp(u64::try_from(s.timestamp_ms).unwrap_or(0));
+                    format!("seq {} at {at}, {} records", s.seq, s.undelivered.len())
+                })
+                .collect();
             log::warn!(
                 "{}queue full (QUEUE_MAX_BYTES {}): dropped the {} oldest unsent snapshots \
-                 (seq {}; {} dropped so far)",
+                 ({}); {} dropped so far",
                 self.tag,
                 self.queue_max_bytes,
                 dropped.len(),
-                seqs.join(", "),
+                seqs.join("; "),
                 stats.dropped
             );
             for s in &dropped {

@@ -92,3 +92,56 @@ fn a_recreated_topic_gets_the_next_polls() {
     assert!(!records.is_empty(), "nothing in the recreated topic\n{log}");
     assert!(took < Duration::from_secs(15), "{took:?}");
 }
+
+/// A document over the broker's `socket.request.max.bytes` (100 MiB by default): the broker
+/// cuts the connection mid-request. Recognised as too large on the first try — one line with
+/// the size and the remedies, counted — never retried as a broken pipe until the deadline.
+#[test]
+fn a_request_over_the_brokers_socket_limit_is_refused_at_once() {
+    let Some(broker) = broker("GRK_TEST_KAFKA4") else {
+        return;
+    };
+    use gtfs_rt_kafka::decode::transit_realtime::{FeedHeader, FeedMessage};
+    use prost::Message;
+    // 18 M control characters: each becomes "\u0001" in JSON, a 108 MB document.
+    let feed = FeedMessage {
+        header: Some(FeedHeader {
+            gtfs_realtime_version: Some("\u{1}".repeat(18_000_000)),
+            timestamp: Some(1_700_000_000),
+            ..Default::default()
+        }),
+        entity: Vec::new(),
+    }
+    .encode_to_vec();
+    let server = FeedServer::start(Response::Ok(feed));
+    let topic = unique_topic("socket-limit");
+    create_topic(&broker, &topic, 1);
+    let started = std::time::Instant::now();
+    let out = std::process::Command::new(BIN)
+        .arg("--once")
+        .env("VEHICLE_URL", server.url("/feed"))
+        .env("KAFKA_BROKER", &broker)
+        .env("KAFKA_TOPIC", &topic)
+        .env("KAFKA_COMPRESSION", "none")
+        .env("MAX_DOCUMENT_BYTES", "200MiB")
+        .env("QUEUE_MAX_BYTES", "256MiB")
+        .env("DELIVERY_TIMEOUT", "60")
+        .output()
+        .unwrap();
+    let took = started.elapsed();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let line = err
+        .lines()
+        .find(|l| l.contains("refused by the broker"))
+        .unwrap_or_else(|| panic!("no refusal line: {err}"));
+    assert!(line.contains("socket.request.max.bytes"), "{line}");
+    assert!(line.contains("KAFKA_COMPRESSION"), "{line}");
+    assert!(line.contains("MODE=entity"), "{line}");
+    assert!(!err.contains("Broken pipe (retriable)"), "{err}");
+    assert!(err.contains("1 rejected by broker"), "{err}");
+    assert!(
+        took < Duration::from_secs(30),
+        "took {took:?}: retried\n{err}"
+    );
+}

@@ -370,7 +370,15 @@ fn long_outage_memory_stays_within_the_queue_bound() {
         polls as u64 * document_bytes as u64 > 40 << 20,
         "{polls} polls"
     );
-    assert!(err.contains("queue full (QUEUE_MAX_BYTES"), "{err}");
+    // Each drop names the snapshot: its sequence, its records' time, how many records.
+    let drop = err
+        .lines()
+        .find(|l| l.contains("queue full (QUEUE_MAX_BYTES"))
+        .unwrap_or_else(|| panic!("{err}"));
+    assert!(
+        drop.contains("(seq ") && drop.contains(" at 20") && drop.contains("Z, 1 records)"),
+        "{drop}"
+    );
     assert!(!last.contains(" 0 dropped"), "{last}");
     eprintln!(
         "long outage: {polls} polls of {document_bytes} bytes, peak RSS {peak_kib} KiB; {last}"

@@ -326,9 +326,17 @@ impl<'c, 'r> Call<'c, 'r> {
         }
     }
 
-    /// Writing a request failed: perhaps written, perhaps not — the same batches go again.
-    /// A failure that is not retriable ends the call (after what was written is read).
-    pub(crate) fn send_failed(&mut self, e: KafkaError) -> Option<KafkaError> {
+    /// Writing the request of `partitions` failed: perhaps written, perhaps not — the same
+    /// batches go again. A request the broker can never take (too large) is refused like a
+    /// refused batch: split, or the record set aside. Any other failure that is not retriable
+    /// ends the call (after what was written is read).
+    pub(crate) fn send_failed(&mut self, e: KafkaError, partitions: &[i32]) -> Option<KafkaError> {
+        if e.rejects_data() {
+            for &p in partitions {
+                self.refuse(p, e.clone());
+            }
+            return None;
+        }
         if !e.is_retriable() {
             return Some(e);
         }
@@ -553,6 +561,26 @@ mod tests {
         assert!(matches!(
             end,
             Err(KafkaError::DeadlineExceeded { undelivered: 1, .. })
+        ));
+    }
+
+    #[test]
+    fn a_request_the_broker_cut_off_for_its_size_is_refused_not_retried() {
+        let records = keyed(&on(0, 1));
+        let mut call = Call::new("t", &records, 2);
+        round(&mut call, None);
+        let cut = KafkaError::RequestTooLarge {
+            broker: "b1:9092".into(),
+            topic: "t".into(),
+            request_bytes: 120 << 20,
+            compression: "none",
+        };
+        assert!(call.send_failed(cut, &[0]).is_none());
+        assert_eq!(call.refused, [true]);
+        assert_eq!(call.backoff_due(), None, "no retry");
+        assert!(matches!(
+            call.verdict(false, None),
+            Some(Err(KafkaError::RequestTooLarge { .. }))
         ));
     }
 

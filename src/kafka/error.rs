@@ -82,6 +82,15 @@ pub enum KafkaError {
         /// The codec the batch was sent with (`none` when uncompressed), for the remedy.
         compression: &'static str,
     },
+    /// The broker closed the connection while a request larger than its
+    /// `socket.request.max.bytes` (100 MiB by default) was written: it reads the size first
+    /// and drops such a request unread.
+    RequestTooLarge {
+        broker: String,
+        topic: String,
+        request_bytes: usize,
+        compression: &'static str,
+    },
     /// The topic does not exist (and was not auto-created) after several metadata refreshes.
     UnknownTopic {
         topic: String,
@@ -130,6 +139,7 @@ impl KafkaError {
             | KafkaError::Malformed { .. }
             | KafkaError::UnsupportedVersion { .. }
             | KafkaError::MessageTooLarge { .. }
+            | KafkaError::RequestTooLarge { .. }
             | KafkaError::UnknownTopic { .. }
             | KafkaError::Encode { .. }
             | KafkaError::Tls { .. }
@@ -159,7 +169,9 @@ impl KafkaError {
         // CORRUPT_MESSAGE, MESSAGE_TOO_LARGE, RECORD_LIST_TOO_LARGE, INVALID_RECORD.
         matches!(
             self,
-            KafkaError::MessageTooLarge { .. } | KafkaError::Encode { .. }
+            KafkaError::MessageTooLarge { .. }
+                | KafkaError::RequestTooLarge { .. }
+                | KafkaError::Encode { .. }
         ) || matches!(self.code(), Some(2 | 10 | 18 | 87))
     }
 
@@ -288,6 +300,28 @@ impl fmt::Display for KafkaError {
                 f.write_str(
                     "send one record per entity (MODE=entity), or raise the topic's \
                      max.message.bytes (and the broker's message.max.bytes)",
+                )
+            }
+            KafkaError::RequestTooLarge {
+                broker,
+                topic,
+                request_bytes,
+                compression,
+            } => {
+                write!(
+                    f,
+                    "kafka broker {broker}: topic {topic}: a request of {request_bytes} bytes was \
+                     cut off by the broker (over its socket.request.max.bytes, 100 MiB by \
+                     default) and refused; "
+                )?;
+                if *compression == "none" {
+                    f.write_str("enable compression (KAFKA_COMPRESSION=zstd), ")?;
+                } else {
+                    write!(f, "already compressed ({compression}); ")?;
+                }
+                f.write_str(
+                    "send one record per entity (MODE=entity), lower MAX_DOCUMENT_BYTES, or \
+                     raise the broker's socket.request.max.bytes",
                 )
             }
             KafkaError::UnknownTopic { topic, broker, attempts } => write!(

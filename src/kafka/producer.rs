@@ -453,7 +453,7 @@ impl Producer {
                     Ok(Some(flight)) => in_flight.push(flight),
                     Ok(None) => call.sent_unacknowledged(&partitions),
                     Err(e) => {
-                        if let Some(e) = call.send_failed(e) {
+                        if let Some(e) = call.send_failed(e, &partitions) {
                             fatal = Some(e);
                             break;
                         }
@@ -943,7 +943,22 @@ impl Producer {
                 batches.iter().map(|b| b.partition).collect::<Vec<_>>(),
                 encoded.frame.len()
             );
-            conn.transport.send(&encoded.frame, budget)?;
+            let size = encoded.frame.len();
+            conn.transport.send(&encoded.frame, budget).map_err(|e| {
+                // A broker drops a request over its socket.request.max.bytes unread, closing
+                // the connection mid-write: that request can never go, whatever the retries.
+                let cut_off = matches!(e, KafkaError::Io { .. }) && size > SOCKET_REQUEST_MAX_BYTES;
+                if cut_off {
+                    KafkaError::RequestTooLarge {
+                        broker: addr.to_owned(),
+                        topic: topic.to_owned(),
+                        request_bytes: size,
+                        compression: batches.first().map_or("none", |b| b.batch.compression),
+                    }
+                } else {
+                    e
+                }
+            })?;
             Ok((encoded.correlation_id, version))
         })();
         match result {
@@ -1042,6 +1057,9 @@ fn authenticate(
     );
     Ok(lifetime.map(|l| Session::starting(Instant::now(), l)))
 }
+
+/// Kafka's default `socket.request.max.bytes`: a larger request is dropped unread.
+const SOCKET_REQUEST_MAX_BYTES: usize = 100 * 1024 * 1024;
 
 /// Wall-clock ms since the epoch (0 if the clock is before it).
 fn unix_ms() -> i64 {
