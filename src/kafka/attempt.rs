@@ -300,10 +300,13 @@ impl<'c, 'r> Call<'c, 'r> {
 
     /// The partitions' batches of this round, for `Idempotence::note_unsettled`.
     pub(crate) fn going(&self, partitions: &[i32]) -> BTreeMap<i32, Vec<usize>> {
-        partitions
-            .iter()
-            .filter_map(|p| Some((*p, self.round.get(p)?.clone())))
-            .collect()
+        let mut going = BTreeMap::new();
+        for p in partitions {
+            if let Some(idx) = self.round.get(p) {
+                going.entry(*p).or_insert_with(|| idx.clone());
+            }
+        }
+        going
     }
 
     /// The leader's address is unknown: refresh and retry.

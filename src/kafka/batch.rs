@@ -225,24 +225,70 @@ fn snappy(plain: &[u8]) -> io::Result<Vec<u8>> {
     Ok(out)
 }
 
+/// An LZ4 frame as Kafka's `KafkaLZ4BlockOutputStream` writes it: independent blocks of at
+/// most 64 KiB, no checksums, no content size, then the end mark. Written here over
+/// lz4_flex's block compressor, into one buffer sized once: its frame encoder allocated and
+/// zeroed two 64 KiB block buffers and grew its output per call, more than the compression
+/// itself on an 84 kB document (BENCHMARKS.md "What moved").
 #[inline(never)]
 fn lz4(plain: &[u8]) -> io::Result<Vec<u8>> {
-    // Kafka's KafkaLZ4BlockInputStream wants independent blocks of 64 KiB..4 MiB.
-    let info = lz4_flex::frame::FrameInfo::new()
-        .block_size(lz4_flex::frame::BlockSize::Max64KB)
-        .block_mode(lz4_flex::frame::BlockMode::Independent);
-    let mut enc = lz4_flex::frame::FrameEncoder::with_frame_info(info, Vec::new());
-    enc.write_all(plain)?;
-    enc.finish().map_err(io::Error::other)
+    let blocks = plain.len().div_ceil(LZ4_BLOCK).max(1);
+    let bound = LZ4_FRAME_HEADER.len()
+        + blocks * (4 + lz4_flex::block::get_maximum_output_size(LZ4_BLOCK))
+        + 4;
+    let mut out = vec![0u8; bound];
+    out[..LZ4_FRAME_HEADER.len()].copy_from_slice(&LZ4_FRAME_HEADER);
+    let mut at = LZ4_FRAME_HEADER.len();
+    for block in plain.chunks(LZ4_BLOCK) {
+        let (size, body) = out[at..].split_at_mut(4);
+        let n = lz4_flex::block::compress_into(block, body).map_err(io::Error::other)?;
+        // A block that does not shrink is stored as is, flagged by the size's high bit.
+        let stored = if n < block.len() {
+            n as u32
+        } else {
+            body[..block.len()].copy_from_slice(block);
+            block.len() as u32 | 0x8000_0000
+        };
+        size.copy_from_slice(&stored.to_le_bytes());
+        at += 4 + (stored & 0x7fff_ffff) as usize;
+    }
+    out[at..at + 4].copy_from_slice(&0u32.to_le_bytes()); // end mark
+    out.truncate(at + 4);
+    Ok(out)
 }
+
+const LZ4_BLOCK: usize = 64 * 1024;
+/// Magic, FLG (version 01, independent blocks, nothing else), BD (64 KiB blocks), and the
+/// header checksum (the second byte of xxh32 over FLG and BD) — what lz4_flex's and Kafka's
+/// frame writers put there for these settings (tested).
+const LZ4_FRAME_HEADER: [u8; 7] = [0x04, 0x22, 0x4d, 0x18, 0x60, 0x40, 0x82];
 
 /// Level 3, the level of the Java client and librdkafka (their default), with the reference
 /// C library: a pure-Rust encoder (ruzstd) had only its fastest level, twice the bytes at
 /// seven times the time.
 #[inline(never)]
 fn zstd(plain: &[u8]) -> io::Result<Vec<u8>> {
-    zstd::bulk::compress(plain, ZSTD_LEVEL)
+    let idle = ZSTD_CONTEXTS.lock().ok().and_then(|mut idle| idle.pop());
+    let mut context = match idle {
+        Some(context) => context,
+        None => zstd::bulk::Compressor::new(ZSTD_LEVEL)?,
+    };
+    let compressed = context.compress(plain);
+    if let Ok(mut idle) = ZSTD_CONTEXTS.lock() {
+        if idle.len() < ZSTD_IDLE_CONTEXTS {
+            idle.push(context);
+        }
+    }
+    compressed
 }
+
+/// Idle zstd contexts, shared by every feed of the process: making one per batch (tables
+/// allocated and faulted in, the CPU probed with `cpuid`, which traps in a VM) cost more than
+/// compressing an 84 kB document. Bounded by compressions at once, not by feeds: at most
+/// `ZSTD_IDLE_CONTEXTS` stay (~0.8 MiB each at level 3 on large documents).
+static ZSTD_CONTEXTS: std::sync::Mutex<Vec<zstd::bulk::Compressor<'static>>> =
+    std::sync::Mutex::new(Vec::new());
+const ZSTD_IDLE_CONTEXTS: usize = 2;
 
 const ZSTD_LEVEL: i32 = 3;
 
@@ -481,6 +527,47 @@ mod tests {
         assert!(plain.len() > XERIAL_BLOCK);
         let raw = snap::raw::Encoder::new().compress_vec(&plain).unwrap();
         assert_eq!(decompress(Codec::Snappy, &raw).unwrap(), plain);
+    }
+
+    #[test]
+    fn our_lz4_frames_read_back_and_start_like_lz4_flexs() {
+        use std::io::Read;
+        let reference = {
+            let info = lz4_flex::frame::FrameInfo::new()
+                .block_size(lz4_flex::frame::BlockSize::Max64KB)
+                .block_mode(lz4_flex::frame::BlockMode::Independent);
+            let mut enc = lz4_flex::frame::FrameEncoder::with_frame_info(info, Vec::new());
+            enc.write_all(b"x").unwrap();
+            enc.finish().unwrap()
+        };
+        assert_eq!(
+            reference[..7],
+            LZ4_FRAME_HEADER,
+            "header checksum and flags"
+        );
+        // Empty, one byte, incompressible, exactly one block, several blocks and a tail.
+        let noise: Vec<u8> = (0..200_000u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        let json = "{\"trip_id\":\"A20\",\"stop\":1}"
+            .repeat(9_000)
+            .into_bytes();
+        for plain in [
+            &b""[..],
+            b"x",
+            &noise[..],
+            &json[..65_536],
+            &json[..],
+            &noise[..65_537],
+        ] {
+            let frame = lz4(plain).unwrap();
+            let mut back = Vec::new();
+            lz4_flex::frame::FrameDecoder::new(&frame[..])
+                .read_to_end(&mut back)
+                .unwrap();
+            assert_eq!(back, plain, "{} bytes", plain.len());
+        }
+        assert!(lz4(&json).unwrap().len() < json.len() / 10);
     }
 
     #[test]

@@ -17,12 +17,12 @@ use super::producer::Record;
 pub(crate) struct Idempotence {
     pub producer_id: i64,
     pub producer_epoch: i16,
-    next_sequence: BTreeMap<(String, i32), i32>,
+    next_sequence: HashMap<(String, i32), i32>,
     /// Batches sent whose fate is unknown (no acknowledgement, no refusal), by (topic,
     /// partition). Such a batch may be in the log; the next batch at that sequence must be the
     /// same data (a resend the broker deduplicates), or a new producer id is taken first —
     /// never the same sequence for different data.
-    unsettled: BTreeMap<(String, i32), Unsettled>,
+    unsettled: HashMap<(String, i32), Unsettled>,
     /// Partitions whose batch in doubt came from a previous run's saved state: what taking a
     /// new producer id now may duplicate (said once, in a warning).
     restored: Vec<(String, i32)>,
@@ -43,8 +43,8 @@ impl Idempotence {
         Idempotence {
             producer_id,
             producer_epoch,
-            next_sequence: BTreeMap::new(),
-            unsettled: BTreeMap::new(),
+            next_sequence: HashMap::new(),
+            unsettled: HashMap::new(),
             restored: Vec::new(),
         }
     }
@@ -174,10 +174,12 @@ impl Idempotence {
     /// Where a keyless record went when it was last sent with an unknown outcome.
     pub(crate) fn unsettled_partition_of(&self, topic: &str, record: &Record<'_>) -> Option<i32> {
         let fp = fingerprint(std::slice::from_ref(record), &[0]);
+        // The lowest such partition: the same answer whatever the map's order (replayable).
         self.unsettled
             .iter()
-            .find(|((t, _), u)| t == topic && u.records.contains(&fp))
+            .filter(|((t, _), u)| t == topic && u.records.contains(&fp))
             .map(|((_, p), _)| *p)
+            .min()
     }
 
     /// The partition's batch was refused (never appended): its sequence is free again.
@@ -274,15 +276,19 @@ impl Idempotence {
         out.extend_from_slice(&saved_at_ms.to_be_bytes());
         out.extend_from_slice(&self.producer_id.to_be_bytes());
         out.extend_from_slice(&self.producer_epoch.to_be_bytes());
-        // Sorted (BTreeMap), so the same state is the same bytes.
-        out.extend_from_slice(&(self.next_sequence.len() as u32).to_be_bytes());
-        for ((topic, p), seq) in &self.next_sequence {
+        // Sorted, so the same state is the same bytes.
+        let mut next: Vec<_> = self.next_sequence.iter().collect();
+        next.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        out.extend_from_slice(&(next.len() as u32).to_be_bytes());
+        for ((topic, p), seq) in next {
             put_topic(&mut out, topic);
             out.extend_from_slice(&p.to_be_bytes());
             out.extend_from_slice(&seq.to_be_bytes());
         }
-        out.extend_from_slice(&(self.unsettled.len() as u32).to_be_bytes());
-        for ((topic, p), u) in &self.unsettled {
+        let mut unsettled: Vec<_> = self.unsettled.iter().collect();
+        unsettled.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        out.extend_from_slice(&(unsettled.len() as u32).to_be_bytes());
+        for ((topic, p), u) in unsettled {
             put_topic(&mut out, topic);
             out.extend_from_slice(&p.to_be_bytes());
             out.extend_from_slice(&u.base_sequence.to_be_bytes());
