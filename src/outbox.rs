@@ -17,7 +17,7 @@ use crate::stats::{now_unix, Stats};
 
 /// The most document bytes sent in one produce request when catching up. Kept under the
 /// brokers' default 1 MB `message.max.bytes`, which applies to a whole batch.
-const MAX_SEND_BYTES: usize = 512 * 1024;
+pub const MAX_SEND_BYTES: usize = 512 * 1024;
 
 /// Called after every send attempt, so the feed can publish what changed.
 pub type Progress<'a> = &'a mut dyn FnMut(&Outbox, &Stats);

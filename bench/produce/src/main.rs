@@ -1,6 +1,6 @@
 //! Sends one poll's records N times with gtfs-rt-kafka's `kafka::Producer`, the way the binary
-//! sends a poll (one `produce` call carrying the poll's records, waiting for the acks), and prints
-//! one JSON line of timings.
+//! sends a poll (`produce` calls of at most the outbox's `MAX_SEND_BYTES` each, one after the
+//! other, each waiting for its acks), and prints one JSON line of timings.
 //!
 //! A poll's records are the lines of `--values` (one JSON document per line: one line for feed
 //! mode, one per entity for entity mode), keyed by the lines of `--keys` when given. The first
@@ -12,12 +12,14 @@
 
 /// The shipped binary's allocator, so the producer runs as it does there.
 #[global_allocator]
-static ALLOCATOR: gtfs_rt_kafka::alloc_cache::CachingAlloc = gtfs_rt_kafka::alloc_cache::CachingAlloc;
+static ALLOCATOR: gtfs_rt_kafka::alloc_cache::CachingAlloc =
+    gtfs_rt_kafka::alloc_cache::CachingAlloc;
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use gtfs_rt_kafka::kafka::{Acks, Compression, Producer, ProducerConfig, Record};
+use gtfs_rt_kafka::outbox::MAX_SEND_BYTES;
 
 struct Args {
     broker: String,
@@ -120,6 +122,8 @@ fn run(args: &Args) -> Result<String, String> {
         idempotence: args.idempotence,
         ..ProducerConfig::default()
     });
+    // A poll's records go in calls of at most the outbox's MAX_SEND_BYTES of values, one
+    // after the other, as the binary's outbox sends them (a larger record goes alone).
     let mut send = || {
         let timestamp_ms = now_ms();
         let records: Vec<Record<'_>> = values
@@ -131,13 +135,21 @@ fn run(args: &Args) -> Result<String, String> {
                 timestamp_ms,
             })
             .collect();
-        producer
-            .produce(
-                &args.topic,
-                &records,
-                Instant::now() + Duration::from_secs(30),
-            )
-            .map_err(|e| e.to_string())
+        let mut rest = &records[..];
+        while !rest.is_empty() {
+            let mut n = 0;
+            let mut bytes = 0;
+            while n < rest.len() && (n == 0 || bytes + rest[n].value.len() <= MAX_SEND_BYTES) {
+                bytes += rest[n].value.len();
+                n += 1;
+            }
+            let (call, later) = rest.split_at(n);
+            producer
+                .produce(&args.topic, call, Instant::now() + Duration::from_secs(30))
+                .map_err(|e| e.to_string())?;
+            rest = later;
+        }
+        Ok::<(), String>(())
     };
 
     let started = Instant::now();
