@@ -134,6 +134,12 @@ fn run(seed: u64) -> Result<(), String> {
     let cluster = Cluster::new(n_brokers, TOPIC, &leaders);
     let size_limit = rng.chance(40).then_some(160);
     cluster.state().max_batch_bytes = size_limit;
+    if rng.chance(50) {
+        // Produce v13: the topic named by its id, so a recreated topic answers UNKNOWN_TOPIC_ID.
+        let mut state = cluster.state();
+        state.produce_max = 13;
+        state.topic_id = Some([7; 16]);
+    }
     let config = ProducerConfig {
         bootstrap: (1..=n_brokers).map(|id| format!("b{id}:9092")).collect(),
         retry_backoff: Duration::ZERO,
@@ -273,6 +279,13 @@ fn run(seed: u64) -> Result<(), String> {
                     );
                 }
             }
+            12 if rng.chance(25) => {
+                // The topic is deleted and created again: its logs and producer states go.
+                cluster.state().recreate_topic();
+                if trace {
+                    log::debug!("step {step}: topic recreated");
+                }
+            }
             10 => {
                 let b = format!("b{}:9092", 1 + rng.below(n_brokers as u64));
                 let mut state = cluster.state();
@@ -339,23 +352,37 @@ fn check(
     if let Some(v) = state.violations.first() {
         return Err(format!("sequence reuse: {v}"));
     }
-    let mut where_is: HashMap<&[u8], Vec<(i32, i64)>> = HashMap::new();
-    for (p, log) in &state.logs {
-        for (offset, r) in log.iter().enumerate() {
-            let v = r.value.as_deref().unwrap_or_default();
-            where_is.entry(v).or_default().push((*p, offset as i64));
+    // Where each value is: (incarnation of the topic, partition, offset). A topic deleted and
+    // created again is a new log; what was in doubt at the deletion may be in both.
+    let mut where_is: HashMap<&[u8], Vec<(usize, i32, i64)>> = HashMap::new();
+    for (generation, logs) in state.deleted.iter().chain([&state.logs]).enumerate() {
+        for (p, log) in logs {
+            for (offset, r) in log.iter().enumerate() {
+                let v = r.value.as_deref().unwrap_or_default();
+                where_is
+                    .entry(v)
+                    .or_default()
+                    .push((generation, *p, offset as i64));
+            }
         }
     }
-    // No record twice in the topic.
-    if let Some((v, at)) = where_is.iter().find(|(_, at)| at.len() > 1) {
-        return Err(format!(
-            "duplicate: {} at {at:?}",
-            String::from_utf8_lossy(&v[..v.len().min(24)])
-        ));
+    // No record twice in one incarnation of the topic.
+    for (v, at) in &where_is {
+        let mut generations: Vec<usize> = at.iter().map(|a| a.0).collect();
+        generations.sort_unstable();
+        if generations.windows(2).any(|w| w[0] == w[1]) {
+            return Err(format!(
+                "duplicate: {} at {at:?}",
+                String::from_utf8_lossy(&v[..v.len().min(24)])
+            ));
+        }
     }
     // (i) Reported delivered only with the offset the broker gave it, and it is there.
     for (v, p, offset) in landed {
-        if where_is.get(v.as_slice()) != Some(&vec![(*p, *offset)]) {
+        let there = where_is
+            .get(v.as_slice())
+            .is_some_and(|at| at.iter().any(|&(_, ap, ao)| (ap, ao) == (*p, *offset)));
+        if !there {
             return Err(format!(
                 "reported delivered at {p}@{offset} but the log has it at {:?}: {}",
                 where_is.get(v.as_slice()),

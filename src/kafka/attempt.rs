@@ -49,6 +49,8 @@ pub(crate) struct Call<'c, 'r> {
     last: Option<KafkaError>,
     refresh: bool,
     retry_due: bool,
+    /// A partition lost our producer state: a new id comes once nothing else is in doubt.
+    reset_due: Option<String>,
 }
 
 /// What to send this round, or why not.
@@ -57,14 +59,6 @@ pub(crate) enum Plan {
     /// Partitions by leader node id, each partition's records in `Call::records_of`.
     Send(BTreeMap<i32, Vec<i32>>),
     /// The producer id must change before anything else goes out (the reason, for the log).
-    NewIdentity(String),
-}
-
-/// What applying an answer asks of the producer.
-#[derive(Debug)]
-pub(crate) enum Applied {
-    Nothing,
-    /// The broker lost or fenced our producer state: take a new id (the reason, for the log).
     NewIdentity(String),
 }
 
@@ -92,6 +86,7 @@ impl<'c, 'r> Call<'c, 'r> {
             last: None,
             refresh: false,
             retry_due: false,
+            reset_due: None,
         }
     }
 
@@ -239,6 +234,16 @@ impl<'c, 'r> Call<'c, 'r> {
                 *idx = idem.resend_selection(self.topic, *p, self.records, idx);
             }
         }
+        // A new producer id is due: first what is in doubt under the current one, alone.
+        if self.reset_due.is_some() {
+            let topic = self.topic;
+            by_partition.retain(|p, _| idem.is_some_and(|idem| idem.in_doubt(topic, *p)));
+            if by_partition.is_empty() {
+                self.sequences.clear();
+                let why = self.reset_due.take().unwrap_or_default();
+                return Plan::NewIdentity(why);
+            }
+        }
         // Invariant: a batch whose fate is unknown is only ever resent as itself.
         if idem.is_some_and(|idem| {
             idem.reuses_unsettled_sequence(self.topic, self.records, &by_partition, &self.sequences)
@@ -362,7 +367,7 @@ impl<'c, 'r> Call<'c, 'r> {
         partition: i32,
         outcome: Outcome,
         idem: Option<&mut Idempotence>,
-    ) -> Result<Applied, KafkaError> {
+    ) -> Result<(), KafkaError> {
         log::trace!("kafka: {}[{partition}]: {outcome:?}", self.topic);
         match outcome {
             Outcome::Done { base_offset } => {
@@ -377,7 +382,7 @@ impl<'c, 'r> Call<'c, 'r> {
                 if let Some(idem) = idem {
                     idem.commit_sequence(self.topic, partition, idx.len(), &mut self.sequences);
                 }
-                Ok(Applied::Nothing)
+                Ok(())
             }
             Outcome::Retry {
                 refresh_metadata,
@@ -386,20 +391,28 @@ impl<'c, 'r> Call<'c, 'r> {
                 self.count_unknown_topic(&reason)?;
                 self.refresh |= refresh_metadata;
                 self.retry(reason);
-                Ok(Applied::Nothing)
+                Ok(())
             }
             Outcome::Fatal(e)
                 if idem.is_some()
                     && is_lost_producer_state(&e)
-                    && self.identity_resets < MAX_IDENTITY_RESETS =>
+                    && (self.reset_due.is_some() || self.identity_resets < MAX_IDENTITY_RESETS) =>
             {
-                // The broker lost or fenced our producer state (restart, expiry): a new
-                // producer id restarts every sequence at 0, valid again.
-                self.identity_resets += 1;
-                self.sequences.clear();
-                let why = format!("will retry with a new producer id: {e}");
+                // The broker lost or fenced our producer state for this partition (restart,
+                // expiry, a recreated topic): the batch was not appended, and a new producer
+                // id restarts every sequence at 0. Not at once: batches of unknown fate on
+                // other partitions are first resent under this id, which is the only one the
+                // broker deduplicates them by (`plan`).
+                if let Some(idem) = idem {
+                    idem.settle(self.topic, partition);
+                }
+                self.sequences.remove(&partition);
+                if self.reset_due.is_none() {
+                    self.identity_resets += 1;
+                    self.reset_due = Some(format!("will retry with a new producer id: {e}"));
+                }
                 self.last = Some(e);
-                Ok(Applied::NewIdentity(why))
+                Ok(())
             }
             Outcome::Fatal(e) if e.rejects_data() => {
                 // Refused, not appended: its sequence is free again.
@@ -408,7 +421,7 @@ impl<'c, 'r> Call<'c, 'r> {
                 }
                 self.sequences.remove(&partition);
                 self.refuse(partition, e);
-                Ok(Applied::Nothing)
+                Ok(())
             }
             Outcome::Fatal(e) => Err(e),
         }
@@ -508,7 +521,7 @@ mod tests {
         assert!(call.apply(1, Outcome::Fatal(code(1, 29)), None).is_err());
         assert!(matches!(
             call.apply(0, Outcome::Done { base_offset: 40 }, None),
-            Ok(Applied::Nothing)
+            Ok(())
         ));
         assert_eq!(call.offsets, vec![Some(40), Some(41), None]);
     }
@@ -607,14 +620,58 @@ mod tests {
         let mut idem = Idempotence::new(9, 0);
         for _ in 0..MAX_IDENTITY_RESETS {
             round(&mut call, Some(&idem));
-            let applied = call.apply(0, Outcome::Fatal(code(0, 45)), Some(&mut idem));
-            assert!(matches!(applied, Ok(Applied::NewIdentity(_))));
+            call.identity(Some(&idem), 0);
+            call.apply(0, Outcome::Fatal(code(0, 45)), Some(&mut idem))
+                .unwrap();
+            assert!(call.verdict(false, None).is_none());
+            let info = TopicInfo::with_leaders(&[Some(1), Some(2)]);
+            let plan = call.plan(&info, Some(&idem), 0);
+            assert!(matches!(plan, Plan::NewIdentity(_)), "{plan:?}");
             assert!(call.sequences().is_empty());
         }
         round(&mut call, Some(&idem));
         assert!(call
             .apply(0, Outcome::Fatal(code(0, 45)), Some(&mut idem))
             .is_err());
+    }
+
+    #[test]
+    fn a_new_id_waits_until_what_is_in_doubt_elsewhere_went_again_under_the_old_one() {
+        let keys: Vec<_> = on(0, 1).into_iter().chain(on(1, 1)).collect();
+        let records = keyed(&keys);
+        let mut call = Call::new("t", &records, 2);
+        let mut idem = Idempotence::new(9, 0);
+        round(&mut call, Some(&idem));
+        call.identity(Some(&idem), 0);
+        call.identity(Some(&idem), 1);
+        let going = call.going(&[0, 1]);
+        idem.note_unsettled("t", &records, &going, call.sequences());
+        // Partition 0's answer is lost (perhaps appended); partition 1 lost our state.
+        call.recv_failed(code(0, 7));
+        call.apply(1, Outcome::Fatal(code(1, 45)), Some(&mut idem))
+            .unwrap();
+        assert_eq!(call.backoff_due(), Some(1));
+        assert!(call.verdict(false, None).is_none());
+        let info = TopicInfo::with_leaders(&[Some(1), Some(2)]);
+        let plan = call.plan(&info, Some(&idem), 0);
+        assert!(
+            matches!(&plan, Plan::Send(by_leader) if by_leader.len() == 1),
+            "{plan:?}"
+        );
+        assert_eq!(
+            call.records_of(0),
+            [0],
+            "partition 0 again, under the same id"
+        );
+        assert_eq!(call.identity(Some(&idem), 0).producer_id, 9);
+        call.apply(0, Outcome::Done { base_offset: 3 }, Some(&mut idem))
+            .unwrap();
+        assert!(call.verdict(false, None).is_none());
+        let plan = call.plan(&info, Some(&idem), 0);
+        assert!(
+            matches!(plan, Plan::NewIdentity(_)),
+            "then the new id: {plan:?}"
+        );
     }
 
     #[test]

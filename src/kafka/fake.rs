@@ -46,6 +46,8 @@ pub(crate) struct State {
     pub garbage_produce: bool,
     /// Per partition log.
     pub logs: HashMap<i32, Vec<WireRecord>>,
+    /// The logs of earlier incarnations of the topic (deleted and created again), oldest first.
+    pub deleted: Vec<HashMap<i32, Vec<WireRecord>>>,
     /// (broker address, api key, version) of every request, in order.
     pub requests: Vec<(String, i16, i16)>,
     /// The last batches (up to 5, like Kafka's window) per partition: (producer id, base
@@ -111,6 +113,16 @@ impl State {
         }
         self.logs.entry(p).or_default().extend(records);
         (0, log_len)
+    }
+
+    /// The topic is deleted and created again with the same partitions: its logs and every
+    /// producer's state go, and it gets a new topic id (when it has one).
+    pub(crate) fn recreate_topic(&mut self) {
+        self.deleted.push(std::mem::take(&mut self.logs));
+        self.last_batches.clear();
+        if let Some(id) = &mut self.topic_id {
+            id[0] = id[0].wrapping_add(1);
+        }
     }
 
     pub(crate) fn count(&self, api: ApiKey) -> usize {
@@ -367,29 +379,35 @@ impl FakeConn {
                 let mut partitions = Vec::new();
                 for pd in &topic.partition_data {
                     let p = pd.index;
-                    let (code, base_offset) =
-                        if let Some(pos) = state.produce_errors.iter().position(|e| e.0 == p) {
-                            (state.produce_errors.remove(pos).map_or(0, |e| e.1), -1)
-                        } else if state.leaders.get(p as usize) != Some(&self.node) {
-                            (6, -1)
+                    // Produce v13 names the topic by id: an old id is a deleted topic.
+                    let stale_id = version >= 13
+                        && state
+                            .topic_id
+                            .is_some_and(|id| topic.topic_id != uuid::Uuid::from_bytes(id));
+                    let (code, base_offset) = if stale_id {
+                        (100, -1)
+                    } else if let Some(pos) = state.produce_errors.iter().position(|e| e.0 == p) {
+                        (state.produce_errors.remove(pos).map_or(0, |e| e.1), -1)
+                    } else if state.leaders.get(p as usize) != Some(&self.node) {
+                        (6, -1)
+                    } else {
+                        let records = decode_batches(pd.records.clone().unwrap());
+                        let value_bytes: usize = records
+                            .iter()
+                            .map(|r| r.value.as_ref().map_or(0, |v| v.len()))
+                            .sum();
+                        if state.max_batch_bytes.is_some_and(|max| value_bytes > max) {
+                            (10, -1)
+                        } else if records.iter().any(|r| {
+                            r.value
+                                .as_deref()
+                                .is_some_and(|v| v.ends_with(INVALID_MARK))
+                        }) {
+                            (87, -1)
                         } else {
-                            let records = decode_batches(pd.records.clone().unwrap());
-                            let value_bytes: usize = records
-                                .iter()
-                                .map(|r| r.value.as_ref().map_or(0, |v| v.len()))
-                                .sum();
-                            if state.max_batch_bytes.is_some_and(|max| value_bytes > max) {
-                                (10, -1)
-                            } else if records.iter().any(|r| {
-                                r.value
-                                    .as_deref()
-                                    .is_some_and(|v| v.ends_with(INVALID_MARK))
-                            }) {
-                                (87, -1)
-                            } else {
-                                state.append(p, records)
-                            }
-                        };
+                            state.append(p, records)
+                        }
+                    };
                     partitions.push(
                         PartitionProduceResponse::default()
                             .with_index(p)

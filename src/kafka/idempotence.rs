@@ -250,6 +250,11 @@ impl Idempotence {
             .map_or(0, |i| i + 1)
     }
 
+    /// Whether the partition has a batch of unknown fate.
+    pub(crate) fn in_doubt(&self, topic: &str, partition: i32) -> bool {
+        self.unsettled.contains_key(&(topic.to_owned(), partition))
+    }
+
     /// Records in batches of unknown fate: what a new producer id may duplicate.
     pub(crate) fn records_in_doubt(&self) -> usize {
         self.unsettled.values().map(|u| u.records.len()).sum()

@@ -12,7 +12,7 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::{Encodable, StrBytes};
 
-use super::attempt::{Applied, Call, Plan};
+use super::attempt::{Call, Plan};
 use super::batch::{encode_batch, BatchRecord};
 use super::config::{Acks, ProducerConfig, Sasl};
 use super::error::KafkaError;
@@ -472,12 +472,8 @@ impl Producer {
                     }
                 };
                 for (partition, outcome) in outcomes {
-                    match call.apply(partition, outcome, self.idempotence.as_mut()) {
-                        Ok(Applied::Nothing) => {}
-                        Ok(Applied::NewIdentity(why)) => self.drop_identity(topic, &why),
-                        Err(e) => {
-                            fatal.get_or_insert(e);
-                        }
+                    if let Err(e) = call.apply(partition, outcome, self.idempotence.as_mut()) {
+                        fatal.get_or_insert(e);
                     }
                 }
             }
