@@ -273,14 +273,7 @@ impl Sink for KafkaSink {
         state: &[u8],
         pending: &[OutRecord<'_>],
     ) -> Result<Option<Resumed>, String> {
-        let pending: Vec<Record<'_>> = pending
-            .iter()
-            .map(|r| Record {
-                key: r.key,
-                value: r.value,
-                timestamp_ms: r.timestamp_ms,
-            })
-            .collect();
+        let pending = kafka_records(pending);
         let r = self
             .producer
             .restore_identity(state, &pending, PRODUCER_ID_EXPIRATION)?;
@@ -306,14 +299,7 @@ impl Sink for KafkaSink {
         deadline: Instant,
         journal: Option<Journal<'_>>,
     ) -> Delivered {
-        let records: Vec<Record<'_>> = records
-            .iter()
-            .map(|r| Record {
-                key: r.key,
-                value: r.value,
-                timestamp_ms: r.timestamp_ms,
-            })
-            .collect();
+        let records = kafka_records(records);
         let produced = self
             .producer
             .produce_each(&self.topic, &records, deadline, journal);
@@ -335,6 +321,18 @@ impl Sink for KafkaSink {
             error: produced.error.map(SinkError::Kafka),
         }
     }
+}
+
+/// The producer's view of the outbox's records.
+fn kafka_records<'a>(records: &[OutRecord<'a>]) -> Vec<Record<'a>> {
+    records
+        .iter()
+        .map(|r| Record {
+            key: r.key,
+            value: r.value,
+            timestamp_ms: r.timestamp_ms,
+        })
+        .collect()
 }
 
 /// Writes each document and a newline, flushed, so `| jq` or a pipe consumer sees it at once.

@@ -99,14 +99,23 @@ fn spawn_producer(url: &str, broker: &str, topic: &str, extra: &[&str]) -> Child
 fn stop(mut child: Child) -> String {
     signal(child.id(), "TERM");
     let status = wait_timeout(&mut child, Duration::from_secs(30)).expect("no exit after TERM");
-    let mut err = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
+    let err = stderr_of(&mut child);
     assert_eq!(status.code(), Some(0), "{err}");
+    err
+}
+
+/// SIGKILL, return what it wrote to stderr until then.
+fn kill(mut child: Child) -> String {
+    signal(child.id(), "KILL");
+    child.wait().unwrap();
+    stderr_of(&mut child)
+}
+
+fn stderr_of(child: &mut Child) -> String {
+    let mut err = String::new();
+    if let Some(mut pipe) = child.stderr.take() {
+        pipe.read_to_string(&mut err).unwrap();
+    }
     err
 }
 
@@ -253,7 +262,7 @@ fn kill_9_of_the_producer_keeps_its_spool() {
     let _ = std::fs::remove_dir_all(&spool);
     let spool_arg = spool.display().to_string();
     // Kafka unreachable: snapshots pile up in the spool.
-    let mut child = spawn_producer(
+    let child = spawn_producer(
         &server.url("/feed"),
         &format!("127.0.0.1:{}", dead_port()),
         &topic,
@@ -261,8 +270,7 @@ fn kill_9_of_the_producer_keeps_its_spool() {
     );
     server.wait_for_requests(4, Duration::from_secs(15));
     std::thread::sleep(Duration::from_millis(300));
-    signal(child.id(), "KILL");
-    child.wait().unwrap();
+    kill(child);
     let spooled = snap_files(&spool);
     assert!(spooled >= 4, "{spooled} files in the spool");
     // Restart with Kafka back: the spooled snapshots go first, each once.
@@ -452,17 +460,9 @@ fn kill_9_of_the_producer_at_random_moments_duplicates_nothing() {
     let (mut logged, mut held, mut resumed) = (0, HashSet::new(), 0);
     let mut logs = String::new();
     for _ in 0..20 {
-        let mut child = spawn_producer(&server.url("/feed"), &direct, &topic, &args);
+        let child = spawn_producer(&server.url("/feed"), &direct, &topic, &args);
         std::thread::sleep(Duration::from_millis(300 + next() % 1200));
-        signal(child.id(), "KILL");
-        child.wait().unwrap();
-        let mut err = String::new();
-        child
-            .stderr
-            .take()
-            .unwrap()
-            .read_to_string(&mut err)
-            .unwrap();
+        let err = kill(child);
         logged += polls_ok(&err);
         resumed += usize::from(err.contains("taken over"));
         held.extend(spooled_stamps(&spool));

@@ -223,6 +223,15 @@ pub fn error_code_name(code: i16) -> String {
     }
 }
 
+/// The first remedy for a refusal by size, worded by the codec the data went with.
+fn compression_remedy(f: &mut fmt::Formatter<'_>, compression: &str) -> fmt::Result {
+    if compression == "none" {
+        f.write_str("enable compression (KAFKA_COMPRESSION=zstd), ")
+    } else {
+        write!(f, "already compressed ({compression}); ")
+    }
+}
+
 impl fmt::Display for KafkaError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -292,11 +301,7 @@ impl fmt::Display for KafkaError {
                      (code 10, not retriable): batch of {batch_bytes} bytes (largest record \
                      {largest_record_bytes} bytes) refused; "
                 )?;
-                if *compression == "none" {
-                    f.write_str("enable compression (KAFKA_COMPRESSION=zstd), ")?;
-                } else {
-                    write!(f, "already compressed ({compression}); ")?;
-                }
+                compression_remedy(f, compression)?;
                 f.write_str(
                     "send one record per entity (MODE=entity), or raise the topic's \
                      max.message.bytes (and the broker's message.max.bytes)",
@@ -314,11 +319,7 @@ impl fmt::Display for KafkaError {
                      cut off by the broker (over its socket.request.max.bytes, 100 MiB by \
                      default) and refused; "
                 )?;
-                if *compression == "none" {
-                    f.write_str("enable compression (KAFKA_COMPRESSION=zstd), ")?;
-                } else {
-                    write!(f, "already compressed ({compression}); ")?;
-                }
+                compression_remedy(f, compression)?;
                 f.write_str(
                     "send one record per entity (MODE=entity), lower MAX_DOCUMENT_BYTES, or \
                      raise the broker's socket.request.max.bytes",
