@@ -343,13 +343,8 @@ impl Outbox {
         let mut save = |sink_state: &[u8], done: &[bool]| {
             if let Some(spool) = spool {
                 let body = journal_body((queue, next_seq), (&batch, done), deferred, sink_state);
-                match spool.write_journal(&body) {
-                    Ok(()) => {
-                        saved = true;
-                        for (seq, _) in deferred.drain(..) {
-                            spool.remove(seq);
-                        }
-                    }
+                match write_journal(spool, &body, deferred) {
+                    Ok(()) => saved = true,
                     Err(e) => journal_error = Some(e),
                 }
             }
@@ -619,18 +614,24 @@ impl Outbox {
             &self.deferred,
             &sink_state,
         );
-        match spool.write_journal(&body) {
-            Ok(()) => {
-                for (seq, _) in self.deferred.drain(..) {
-                    spool.remove(seq);
-                }
-            }
-            Err(e) => {
-                stats.spool_errors += 1;
-                log::warn!("{}{e}; delivery state not saved", self.tag);
-            }
+        if let Err(e) = write_journal(spool, &body, &mut self.deferred) {
+            stats.spool_errors += 1;
+            log::warn!("{}{e}; delivery state not saved", self.tag);
         }
     }
+}
+
+/// Writes a journal, then removes the deferred spool files it covers.
+fn write_journal(
+    spool: &Spool,
+    body: &[u8],
+    deferred: &mut Vec<(u64, u32)>,
+) -> Result<(), SpoolError> {
+    spool.write_journal(body)?;
+    for (seq, _) in deferred.drain(..) {
+        spool.remove(seq);
+    }
+    Ok(())
 }
 
 /// The journal: which records of spooled snapshots are done — delivered or set aside — in
@@ -652,21 +653,26 @@ fn journal_body(
         let bits = vec![true; n as usize];
         put_entry(&mut part, seq, COUNTED, &bits);
     }
+    // Records of this call done so far, by snapshot: one pass over the call.
+    let mut done_now: HashMap<usize, Vec<u32>> = HashMap::new();
+    for (&(si, ri), _) in batch.iter().zip(done).filter(|(_, &d)| d) {
+        done_now.entry(si).or_default().push(ri);
+    }
     for si in 0..queue.len() {
         let Some(s) = queue.get(si).filter(|s| s.spooled) else {
             continue;
         };
+        let now = done_now.get(&si).map_or(&[][..], Vec::as_slice);
+        // Untouched snapshots (nothing done yet) are the common case: nothing to say.
+        if now.is_empty() && s.undelivered.len() == s.records.len() {
+            continue;
+        }
         let mut bits = vec![true; s.records.len()];
         for &ri in &s.undelivered {
             bits[ri as usize] = false;
         }
-        for (k, _) in batch.iter().enumerate().filter(|(_, &(b, _))| b == si) {
-            if done.get(k).copied().unwrap_or(false) {
-                bits[batch[k].1 as usize] = true;
-            }
-        }
-        if !bits.contains(&true) {
-            continue;
+        for &ri in now {
+            bits[ri as usize] = true;
         }
         count += 1;
         put_entry(&mut part, s.seq, 0, &bits);

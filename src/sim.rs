@@ -155,13 +155,17 @@ fn run(seed: u64) -> Result<(), String> {
     // With a spool, the process may also crash (and restart from the spool) at any request.
     let spool = rng.chance(40).then(|| spool_dir(seed));
     let mut stats = Stats::default();
-    let mut outbox = start(
-        &cluster,
-        &config,
-        &landed,
-        (spool.as_deref(), queue_max),
-        &mut stats,
-    )?;
+    // A process starting: a new producer and outbox over the same cluster and spool.
+    let open = |stats: &mut Stats| {
+        start(
+            &cluster,
+            &config,
+            &landed,
+            (spool.as_deref(), queue_max),
+            stats,
+        )
+    };
+    let mut outbox = open(&mut stats)?;
     let mut abandoned: Vec<(Vec<u8>, &'static str)> = Vec::new();
     let mut crashes = 0u32;
 
@@ -265,13 +269,7 @@ fn run(seed: u64) -> Result<(), String> {
                     state.crash_after = None;
                     state.crashed = false;
                 }
-                outbox = start(
-                    &cluster,
-                    &config,
-                    &landed,
-                    (spool.as_deref(), queue_max),
-                    &mut stats,
-                )?;
+                outbox = open(&mut stats)?;
                 if trace {
                     log::debug!(
                         "step {step}: crash {crashes} and restart; queue {}",

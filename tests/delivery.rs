@@ -131,10 +131,7 @@ fn a_request_over_the_brokers_socket_limit_is_refused_at_once() {
     let took = started.elapsed();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
-    let line = err
-        .lines()
-        .find(|l| l.contains("refused by the broker"))
-        .unwrap_or_else(|| panic!("no refusal line: {err}"));
+    let line = refusal_line(&err);
     assert!(line.contains("socket.request.max.bytes"), "{line}");
     assert!(line.contains("KAFKA_COMPRESSION"), "{line}");
     assert!(line.contains("MODE=entity"), "{line}");

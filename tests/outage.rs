@@ -327,10 +327,7 @@ fn oversize_document_is_reported_and_kept_in_the_spool() {
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
-    let line = err
-        .lines()
-        .find(|l| l.contains("refused by the broker"))
-        .unwrap_or_else(|| panic!("no refusal line: {err}"));
+    let line = refusal_line(&err);
     assert!(line.contains("MESSAGE_TOO_LARGE"), "{line}");
     assert!(line.contains("KAFKA_COMPRESSION"), "{line}");
     assert!(line.contains("MODE=entity"), "{line}");

@@ -499,12 +499,17 @@ mod tests {
         KafkaError::broker_code("b1:9092", "t", Some(partition), code, None)
     }
 
+    /// Two partitions, led by nodes 1 and 2.
+    fn info() -> TopicInfo {
+        TopicInfo::with_leaders(&[Some(1), Some(2)])
+    }
+
     fn round<'c, 'r>(
         call: &mut Call<'c, 'r>,
         idem: Option<&Idempotence>,
     ) -> BTreeMap<i32, Vec<i32>> {
         assert!(call.verdict(false, None).is_none());
-        match call.plan(&TopicInfo::with_leaders(&[Some(1), Some(2)]), idem, 0) {
+        match call.plan(&info(), idem, 0) {
             Plan::Send(by_leader) => by_leader,
             Plan::NewIdentity(why) => panic!("new identity: {why}"),
         }
@@ -624,8 +629,7 @@ mod tests {
             call.apply(0, Outcome::Fatal(code(0, 45)), Some(&mut idem))
                 .unwrap();
             assert!(call.verdict(false, None).is_none());
-            let info = TopicInfo::with_leaders(&[Some(1), Some(2)]);
-            let plan = call.plan(&info, Some(&idem), 0);
+            let plan = call.plan(&info(), Some(&idem), 0);
             assert!(matches!(plan, Plan::NewIdentity(_)), "{plan:?}");
             assert!(call.sequences().is_empty());
         }
@@ -652,8 +656,7 @@ mod tests {
             .unwrap();
         assert_eq!(call.backoff_due(), Some(1));
         assert!(call.verdict(false, None).is_none());
-        let info = TopicInfo::with_leaders(&[Some(1), Some(2)]);
-        let plan = call.plan(&info, Some(&idem), 0);
+        let plan = call.plan(&info(), Some(&idem), 0);
         assert!(
             matches!(&plan, Plan::Send(by_leader) if by_leader.len() == 1),
             "{plan:?}"
@@ -667,7 +670,7 @@ mod tests {
         call.apply(0, Outcome::Done { base_offset: 3 }, Some(&mut idem))
             .unwrap();
         assert!(call.verdict(false, None).is_none());
-        let plan = call.plan(&info, Some(&idem), 0);
+        let plan = call.plan(&info(), Some(&idem), 0);
         assert!(
             matches!(plan, Plan::NewIdentity(_)),
             "then the new id: {plan:?}"
@@ -687,11 +690,7 @@ mod tests {
         // The answer never came; a new call brings other data for that partition.
         let mut second = Call::new("t", &records[1..], 2);
         assert!(second.verdict(false, None).is_none());
-        let plan = second.plan(
-            &TopicInfo::with_leaders(&[Some(1), Some(2)]),
-            Some(&idem),
-            0,
-        );
+        let plan = second.plan(&info(), Some(&idem), 0);
         assert!(matches!(plan, Plan::NewIdentity(_)), "{plan:?}");
     }
 }

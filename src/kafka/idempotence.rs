@@ -32,9 +32,9 @@ pub(crate) struct Idempotence {
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Unsettled {
     base_sequence: i32,
-    fingerprint: u64,
-    /// Each record's own fingerprint: a resent keyless record goes back to this partition,
-    /// whatever the sticky choice would be now, and a batch is resent as exactly these.
+    /// Each record's fingerprint, in order: the batch is the same data exactly when these
+    /// are; a resent keyless record goes back to this partition, whatever the sticky choice
+    /// would be now.
     records: Vec<u64>,
 }
 
@@ -128,7 +128,7 @@ impl Idempotence {
                 .get(&(topic.to_owned(), *p))
                 .is_some_and(|u| {
                     let differs =
-                        u.base_sequence == base && u.fingerprint != fingerprint(records, idx);
+                        u.base_sequence == base && !same_records(&u.records, records, idx);
                     if differs {
                         log::debug!(
                             "kafka: {topic}[{p}]: sequence {base} holds a batch of unknown fate; \
@@ -158,7 +158,6 @@ impl Idempotence {
             };
             let entry = Unsettled {
                 base_sequence: base,
-                fingerprint: fingerprint(records, idx),
                 records: idx.iter().map(|&i| fingerprint(records, &[i])).collect(),
             };
             let key = (topic.to_owned(), *p);
@@ -297,7 +296,6 @@ impl Idempotence {
             put_topic(&mut out, topic);
             out.extend_from_slice(&p.to_be_bytes());
             out.extend_from_slice(&u.base_sequence.to_be_bytes());
-            out.extend_from_slice(&u.fingerprint.to_be_bytes());
             out.extend_from_slice(&(u.records.len() as u32).to_be_bytes());
             for fp in &u.records {
                 out.extend_from_slice(&fp.to_be_bytes());
@@ -324,10 +322,9 @@ impl Idempotence {
             let seq = i32::from_be_bytes(r.array()?);
             state.next_sequence.insert((topic, p), seq);
         }
-        for _ in 0..r.count(22)? {
+        for _ in 0..r.count(14)? {
             let key = (r.topic()?, i32::from_be_bytes(r.array()?));
             let base_sequence = i32::from_be_bytes(r.array()?);
-            let fingerprint = u64::from_be_bytes(r.array()?);
             let n = r.count(8)?;
             let records = (0..n)
                 .map(|_| r.array().map(u64::from_be_bytes))
@@ -337,7 +334,6 @@ impl Idempotence {
                 key,
                 Unsettled {
                     base_sequence,
-                    fingerprint,
                     records,
                 },
             );
@@ -390,6 +386,15 @@ impl<'a> Reader<'a> {
         let n = u16::from_be_bytes(self.array()?) as usize;
         String::from_utf8(self.take(n)?.to_vec()).map_err(|_| "topic not UTF-8".to_owned())
     }
+}
+
+/// Whether the records `idx` are, in order, those whose fingerprints are `saved`.
+fn same_records(saved: &[u64], records: &[Record<'_>], idx: &[usize]) -> bool {
+    saved.len() == idx.len()
+        && saved
+            .iter()
+            .zip(idx)
+            .all(|(&fp, &i)| fingerprint(records, &[i]) == fp)
 }
 
 /// The data of the records `idx` (keys, values, timestamps): tells a resend from other data.

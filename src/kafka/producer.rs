@@ -1448,6 +1448,70 @@ mod tests {
     }
 
     #[test]
+    fn the_journal_is_written_before_new_batches_only_never_for_a_retry() {
+        let cluster = Cluster::new(1, TOPIC, &[1]);
+        cluster.state().lose_produce_responses = 1;
+        let mut p = producer(&cluster, |c| c.idempotence = true);
+        let saved: std::cell::RefCell<Vec<Vec<u8>>> = Default::default();
+        let mut journal = |state: &[u8], _: &[bool]| saved.borrow_mut().push(state.to_vec());
+        let vals = values(2);
+        let first = p.produce_each(TOPIC, &keyless(&vals), soon(), Some(&mut journal));
+        assert!(first.error.is_none(), "{:?}", first.error);
+        assert_eq!(
+            saved.borrow().len(),
+            1,
+            "the lost answer's batch went again without a write"
+        );
+        assert_eq!(cluster.state().log_values(0).len(), 2, "deduplicated");
+        let more = values(3);
+        let second = p.produce_each(TOPIC, &keyless(&more[2..]), soon(), Some(&mut journal));
+        assert!(second.error.is_none());
+        assert_eq!(saved.borrow().len(), 2, "a new batch, a new write");
+        // What was saved restores the same identity.
+        let mut q = producer(&cluster, |c| c.idempotence = true);
+        let last = saved.borrow()[1].clone();
+        let r = q
+            .restore_identity(&last, &[], Duration::from_secs(60))
+            .unwrap();
+        let live = p.identity_state().expect("an id");
+        let (live, _) = Idempotence::decode(&live).unwrap();
+        assert_eq!(
+            (r.producer_id, r.producer_epoch),
+            (live.producer_id, live.producer_epoch)
+        );
+        assert_eq!(
+            r.records_in_doubt, 0,
+            "its batch left nothing pending: settled"
+        );
+    }
+
+    #[test]
+    fn a_saved_identity_older_than_the_brokers_expiry_is_not_taken_over() {
+        let cluster = Cluster::new(1, TOPIC, &[1]);
+        let mut p = producer(&cluster, |c| c.idempotence = true);
+        let vals = values(1);
+        let mut saved = Vec::new();
+        let mut journal = |state: &[u8], _: &[bool]| saved = state.to_vec();
+        assert!(p
+            .produce_each(TOPIC, &keyless(&vals), soon(), Some(&mut journal))
+            .error
+            .is_none());
+        let mut q = producer(&cluster, |c| c.idempotence = true);
+        let pending = keyless(&vals);
+        // Saved "now"; a zero expiry makes it too old.
+        std::thread::sleep(Duration::from_millis(5));
+        let e = q
+            .restore_identity(&saved, &pending, Duration::from_millis(1))
+            .unwrap_err();
+        assert!(e.contains("producer.id.expiration.ms"), "{e}");
+        assert!(
+            e.contains("1 records sent just before may be duplicated"),
+            "{e}"
+        );
+        assert!(q.identity_state().is_none(), "a new id will be taken");
+    }
+
+    #[test]
     fn idempotent_resend_is_deduplicated_and_sequences_advance() {
         let cluster = Cluster::new(1, TOPIC, &[1, 1]);
         cluster.state().lose_produce_responses = 1;

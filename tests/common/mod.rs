@@ -631,3 +631,10 @@ pub fn feed_with_one_oversize_entity() -> Vec<u8> {
     }
     .encode_to_vec()
 }
+
+/// The one "refused by the broker" line of a run's stderr (panics naming the log if none).
+pub fn refusal_line(err: &str) -> &str {
+    err.lines()
+        .find(|l| l.contains("refused by the broker"))
+        .unwrap_or_else(|| panic!("no refusal line: {err}"))
+}
