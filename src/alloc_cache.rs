@@ -13,12 +13,21 @@
 //! most the bound until the process exits; a thread's cache is not freed when it exits (a
 //! thread-local destructor would have to allocate its registration inside the allocator).
 //!
+//! Larger blocks, up to `LARGE_MAX` (a produce call's record batch, its codec's input and
+//! output, 64 KiB – 1 MiB each), go to one process-wide pool instead, on the static musl build
+//! only: musl maps every such block afresh and unmaps it when freed, so each produce call
+//! paid a page fault per 4 KiB of every buffer (a third of the producer's CPU on an 84 kB
+//! document, BENCHMARKS.md "What moved"); glibc keeps freed blocks itself. The pool holds at
+//! most `LARGE_POOL_BYTES` for the whole process, whatever the number of feeds, and `trim()`
+//! leaves it alone: that much stays resident when idle.
+//!
 //! Blocks move between threads freely: every cached block was allocated from the system
 //! allocator with its class's size and alignment, so any thread may cache or free it.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::UnsafeCell;
 use std::ptr;
+use std::sync::{Mutex, PoisonError};
 
 /// Size classes: steps of 16 bytes up to 512 (prost's strings and sub-messages), then powers
 /// of two up to 32 KiB (vectors of stop time updates as they grow); alignment up to 16.
@@ -30,6 +39,17 @@ const MAX_CACHED: usize = 32 * 1024;
 const CLASSES: usize = SMALL_CLASSES + 6;
 /// What one thread may keep cached, in bytes.
 const MAX_CACHED_BYTES: usize = 256 * 1024;
+
+/// Large classes: four per doubling above 32 KiB (40, 48, 56, 64 KiB, 80 KiB, … 1 MiB), so a
+/// block is at most a quarter larger than asked.
+const LARGE_MAX: usize = 1024 * 1024;
+const LARGE_STEPS: usize = 4;
+const LARGE_CLASSES: usize = 5 * LARGE_STEPS;
+/// What the process-wide pool of large blocks may hold, in bytes, and in how many blocks.
+const LARGE_POOL_BYTES: usize = 1024 * 1024;
+const LARGE_POOL_SLOTS: usize = 8;
+/// Whether large blocks are pooled: the static musl build only (module comment).
+const POOL_LARGE: bool = cfg!(target_env = "musl");
 
 pub struct CachingAlloc;
 
@@ -47,34 +67,104 @@ thread_local! {
     };
 }
 
-/// The class index of a layout that is cached, else None.
+/// The class index of a layout that is cached (per thread below `CLASSES`, in the large pool
+/// from there), else None.
 #[inline]
 fn class_of(layout: Layout) -> Option<usize> {
     let size = layout.size();
-    if size == 0 || size > MAX_CACHED || layout.align() > CLASS {
+    if size == 0 || layout.align() > CLASS {
         return None;
     }
     if size <= SMALL_MAX {
         return Some((size - 1) / CLASS);
     }
-    // 513..=1024 → the first power-of-two class, and so on.
-    let log2 = usize::BITS - (size - 1).leading_zeros();
-    Some(SMALL_CLASSES + (log2 as usize - 10))
+    if size <= MAX_CACHED {
+        // 513..=1024 → the first power-of-two class, and so on.
+        let log2 = usize::BITS - (size - 1).leading_zeros();
+        return Some(SMALL_CLASSES + (log2 as usize - 10));
+    }
+    if !POOL_LARGE || size > LARGE_MAX {
+        return None;
+    }
+    large_class_of(size).map(|c| CLASSES + c)
+}
+
+/// The large class (0-based) of a size in (32 KiB, 1 MiB].
+#[inline]
+fn large_class_of(size: usize) -> Option<usize> {
+    // The doubling (32–64 KiB is 0) and the quarter of it the size reaches.
+    let doubling = (usize::BITS - 1 - (size - 1).leading_zeros()) as usize; // 15 for 32 KiB..
+    let base = 1usize << doubling;
+    let quarter = (size - 1 - base) / (base / LARGE_STEPS);
+    let class = (doubling.checked_sub(15)?) * LARGE_STEPS + quarter;
+    (class < LARGE_CLASSES).then_some(class)
 }
 
 #[inline]
 fn class_size(class: usize) -> usize {
     if class < SMALL_CLASSES {
         (class + 1) * CLASS
-    } else {
+    } else if class < CLASSES {
         1 << (class - SMALL_CLASSES + 10)
+    } else {
+        let large = class - CLASSES;
+        let base = MAX_CACHED << (large / LARGE_STEPS);
+        base + base / LARGE_STEPS * (large % LARGE_STEPS + 1)
     }
 }
 
 #[inline]
 fn class_layout(class: usize) -> Layout {
-    // SAFETY: sizes 16..=32768 with alignment 16 are always valid layouts.
+    // SAFETY: sizes 16 bytes ..= 1 MiB with alignment 16 are always valid layouts.
     unsafe { Layout::from_size_align_unchecked(class_size(class), CLASS) }
+}
+
+/// The process-wide pool of large blocks: a few slots, taken by class.
+struct LargePool {
+    slots: [(*mut u8, usize); LARGE_POOL_SLOTS],
+    bytes: usize,
+}
+
+// SAFETY: the pointers are blocks nobody else holds; the pool is only reached through its mutex.
+unsafe impl Send for LargePool {}
+
+static LARGE: Mutex<LargePool> = Mutex::new(LargePool {
+    slots: [(ptr::null_mut(), 0); LARGE_POOL_SLOTS],
+    bytes: 0,
+});
+
+/// Runs `f` on the pool. std's mutex never allocates; nothing in `f` can panic, so a poisoned
+/// lock (impossible here) is used as is.
+#[inline]
+fn with_large<R>(f: impl FnOnce(&mut LargePool) -> R) -> R {
+    f(&mut LARGE.lock().unwrap_or_else(PoisonError::into_inner))
+}
+
+impl LargePool {
+    fn take(&mut self, class: usize) -> *mut u8 {
+        for slot in &mut self.slots {
+            if !slot.0.is_null() && slot.1 == class {
+                self.bytes -= class_size(class);
+                return std::mem::replace(&mut slot.0, ptr::null_mut());
+            }
+        }
+        ptr::null_mut()
+    }
+
+    /// Keeps `block` if the bounds allow; false: the caller frees it.
+    fn keep(&mut self, block: *mut u8, class: usize) -> bool {
+        if self.bytes + class_size(class) > LARGE_POOL_BYTES {
+            return false;
+        }
+        match self.slots.iter_mut().find(|slot| slot.0.is_null()) {
+            Some(slot) => {
+                *slot = (block, class);
+                self.bytes += class_size(class);
+                true
+            }
+            None => false,
+        }
+    }
 }
 
 /// Runs `f` on this thread's cache; None once the thread's locals are gone (thread exit).
@@ -93,6 +183,14 @@ unsafe impl GlobalAlloc for CachingAlloc {
             // SAFETY: forwarded with the caller's guarantees.
             return unsafe { System.alloc(layout) };
         };
+        if class >= CLASSES {
+            let pooled = with_large(|pool| pool.take(class));
+            if !pooled.is_null() {
+                return pooled;
+            }
+            // SAFETY: a valid, non-zero layout.
+            return unsafe { System.alloc(class_layout(class)) };
+        }
         let cached = with_cache(|cache| {
             let head = cache.heads[class];
             if head.is_null() {
@@ -119,6 +217,13 @@ unsafe impl GlobalAlloc for CachingAlloc {
             // SAFETY: forwarded with the caller's guarantees.
             return unsafe { System.dealloc(block, layout) };
         };
+        if class >= CLASSES {
+            if !with_large(|pool| pool.keep(block, class)) {
+                // SAFETY: the block came from System with its class's layout.
+                unsafe { System.dealloc(block, class_layout(class)) }
+            }
+            return;
+        }
         let size = class_size(class);
         let kept = with_cache(|cache| {
             if cache.bytes + size > MAX_CACHED_BYTES {
@@ -192,7 +297,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn classes_cover_small_blocks_only() {
+    fn classes_cover_small_blocks_per_thread() {
         let l = |size, align| Layout::from_size_align(size, align).unwrap();
         assert_eq!(class_of(l(1, 1)), Some(0));
         assert_eq!(class_of(l(16, 8)), Some(0));
@@ -203,13 +308,77 @@ mod tests {
         assert_eq!(class_of(l(1025, 8)), Some(SMALL_CLASSES + 1));
         assert_eq!(class_of(l(32768, 8)), Some(CLASSES - 1));
         assert_eq!(class_size(CLASSES - 1), 32768);
-        assert_eq!(class_of(l(32769, 8)), None);
+        assert_eq!(
+            class_of(l(32769, 8)),
+            POOL_LARGE.then_some(CLASSES),
+            "past 32 KiB: the large pool's first class, or the system"
+        );
         assert_eq!(
             class_of(l(64, 32)),
             None,
             "stricter alignment goes to the system"
         );
         assert_eq!(class_of(l(0, 1)), None);
+    }
+
+    #[test]
+    fn large_classes_step_by_quarters_up_to_a_mebibyte() {
+        let class = |size| large_class_of(size).map(|c| class_size(CLASSES + c));
+        assert_eq!(class(32 * 1024 + 1), Some(40 * 1024));
+        assert_eq!(class(40 * 1024), Some(40 * 1024));
+        assert_eq!(class(40 * 1024 + 1), Some(48 * 1024));
+        assert_eq!(class(64 * 1024), Some(64 * 1024));
+        assert_eq!(class(64 * 1024 + 1), Some(80 * 1024));
+        assert_eq!(class(84_075), Some(96 * 1024));
+        assert_eq!(class(LARGE_MAX), Some(LARGE_MAX));
+        assert_eq!(class(LARGE_MAX + 1), None);
+        // Every size gets a block at least as large and at most a quarter larger.
+        for size in (32 * 1024 + 1..=LARGE_MAX).step_by(997) {
+            let block = class(size).unwrap();
+            assert!(
+                block >= size && block <= size + size / 4 + 1,
+                "{size} -> {block}"
+            );
+        }
+        let l = |size| Layout::from_size_align(size, 8).unwrap();
+        assert_eq!(
+            class_of(l(100_000)).is_some(),
+            POOL_LARGE,
+            "large blocks are pooled on musl only"
+        );
+        assert_eq!(class_of(l(LARGE_MAX + 1)), None);
+    }
+
+    #[test]
+    fn the_large_pool_hands_back_its_class_and_keeps_within_its_bound() {
+        let empty = || LargePool {
+            slots: [(ptr::null_mut(), 0); LARGE_POOL_SLOTS],
+            bytes: 0,
+        };
+        let mut pool = empty();
+        let class = CLASSES + large_class_of(100_000).unwrap();
+        let mut blocks = [0u8; LARGE_POOL_SLOTS + 2];
+        let base = blocks.as_mut_ptr();
+        let block = |i: usize| base.wrapping_add(i);
+        assert!(pool.take(class).is_null());
+        assert!(pool.keep(block(0), class));
+        assert!(
+            pool.take(class + 1).is_null(),
+            "another class is not handed out"
+        );
+        assert_eq!(pool.take(class), block(0));
+        assert_eq!(pool.bytes, 0);
+        // Bounded by slots: eight 112 KiB blocks fit the bytes, a ninth has no slot.
+        let kept = (0..LARGE_POOL_SLOTS + 2)
+            .filter(|&i| pool.keep(block(i), class))
+            .count();
+        assert_eq!(kept, LARGE_POOL_SLOTS);
+        assert!(pool.bytes <= LARGE_POOL_BYTES);
+        // Bounded by bytes: a 1 MiB block fills it.
+        let mut pool = empty();
+        assert!(pool.keep(block(0), CLASSES + LARGE_CLASSES - 1));
+        assert!(!pool.keep(block(1), CLASSES), "over the byte bound");
+        assert_eq!(pool.bytes, LARGE_POOL_BYTES);
     }
 
     #[test]

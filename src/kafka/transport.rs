@@ -2,7 +2,7 @@
 //! configured), write a frame, read one size-prefixed frame within a deadline. Never parses a
 //! message or retries.
 
-use std::io::{self, Read, Write};
+use std::io::{self, IoSlice, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
@@ -174,6 +174,25 @@ impl<S: Stream> StreamTransport<S> {
     }
 }
 
+/// Writes every piece, in order, with as few system calls as the socket allows.
+fn write_all_vectored(out: &mut impl Write, pieces: &[Bytes]) -> io::Result<()> {
+    let mut slices: Vec<IoSlice<'_>> = pieces
+        .iter()
+        .filter(|p| !p.is_empty())
+        .map(|p| IoSlice::new(p))
+        .collect();
+    let mut rest = &mut slices[..];
+    while !rest.is_empty() {
+        match out.write_vectored(rest) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => IoSlice::advance_slices(&mut rest, n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
 /// A TLS record header (alert 0x15 or handshake 0x16, version 3.x) where a Kafka size prefix
 /// should be: the port speaks TLS and we don't.
 fn looks_like_tls(prefix: [u8; 4]) -> bool {
@@ -192,11 +211,10 @@ impl<S: Stream> Transport for StreamTransport<S> {
             .socket()
             .set_write_timeout(Some(timeout))
             .map_err(|e| self.error(Phase::Write, e))?;
+        // One vectored write for the pieces: written one by one, each went out as a segment
+        // of its own (nodelay) and the broker waited for the last few bytes of the frame.
         // flush: TLS holds the last record until asked; a socket's flush does nothing.
-        frame
-            .pieces()
-            .iter()
-            .try_for_each(|piece| self.stream.write_all(piece))
+        write_all_vectored(&mut self.stream, frame.pieces())
             .and_then(|()| self.stream.flush())
             .map_err(|e| self.error(Phase::Write, e))
     }
@@ -286,6 +304,55 @@ mod tests {
             "{err}"
         );
         assert!(err.is_retriable());
+    }
+
+    /// Takes at most 3 bytes per call, and says so once with Interrupted.
+    struct Trickle {
+        got: Vec<u8>,
+        calls: usize,
+    }
+
+    impl Write for Trickle {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.write_vectored(&[IoSlice::new(buf)])
+        }
+        fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+            self.calls += 1;
+            if self.calls == 2 {
+                return Err(io::ErrorKind::Interrupted.into());
+            }
+            let mut n = 0;
+            for b in bufs {
+                let take = b.len().min(3 - n);
+                self.got.extend_from_slice(&b[..take]);
+                n += take;
+                if n == 3 {
+                    break;
+                }
+            }
+            Ok(n)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_vectored_write_resumes_mid_piece_until_all_is_written() {
+        let pieces = [
+            Bytes::from_static(b"\x00\x00\x00\x07ab"),
+            Bytes::new(),
+            Bytes::from_static(b"cdefg"),
+            Bytes::from_static(b"h"),
+        ];
+        let mut out = Trickle {
+            got: Vec::new(),
+            calls: 0,
+        };
+        write_all_vectored(&mut out, &pieces).unwrap();
+        assert_eq!(out.got, b"\x00\x00\x00\x07abcdefgh");
+        // 12 bytes, 3 at a time, plus the interrupted call.
+        assert_eq!(out.calls, 5);
     }
 
     #[test]
