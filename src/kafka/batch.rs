@@ -4,7 +4,7 @@
 
 use std::io::{self, Write};
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{BufMut, Bytes};
 #[cfg(test)]
 use kafka_protocol::records::Record as WireRecord;
 use kafka_protocol::records::{
@@ -82,9 +82,11 @@ pub(crate) fn encode_batch(
             .ok_or_else(too_large)?;
     }
     let codec = compression.to_protocol();
+    // The batch is built in one Vec handed to `Bytes` without a copy: the header's room, then
+    // the records, or the codec's output written straight after it.
     let mut buf = match codec {
         Codec::None => {
-            let mut buf = BytesMut::with_capacity(BATCH_HEADER_LEN + plain_len);
+            let mut buf = Vec::with_capacity(BATCH_HEADER_LEN + plain_len);
             buf.resize(BATCH_HEADER_LEN, 0);
             put_records(&mut buf, records, base_ts);
             buf
@@ -92,12 +94,9 @@ pub(crate) fn encode_batch(
         _ => {
             let mut plain = Vec::with_capacity(plain_len);
             put_records(&mut plain, records, base_ts);
-            let compressed =
-                compress(codec, &plain).map_err(|e| format!("{}: {e}", compression.name()))?;
-            drop(plain);
-            let mut buf = BytesMut::with_capacity(BATCH_HEADER_LEN + compressed.len());
-            buf.resize(BATCH_HEADER_LEN, 0);
-            buf.put_slice(&compressed);
+            let mut buf = vec![0; BATCH_HEADER_LEN];
+            compress(codec, &plain, &mut buf)
+                .map_err(|e| format!("{}: {e}", compression.name()))?;
             buf
         }
     };
@@ -120,7 +119,7 @@ pub(crate) fn encode_batch(
     buf[CRC_AT..CRC_AT + 4].copy_from_slice(&crc.to_be_bytes());
     Ok(EncodedBatch {
         compression: compression.name(),
-        bytes: buf.freeze(),
+        bytes: Bytes::from(buf),
         largest_record_bytes: records
             .iter()
             .map(|r| r.key.map_or(0, <[u8]>::len) + r.value.len())
@@ -189,32 +188,34 @@ const XERIAL_MAGIC: &[u8; 16] = b"\x82SNAPPY\x00\x00\x00\x00\x01\x00\x00\x00\x01
 /// Uncompressed bytes per xerial block, as snappy-java's `SnappyOutputStream`.
 const XERIAL_BLOCK: usize = 32 * 1024;
 
-/// Compresses the records section of a batch with the codec named in its attributes.
+/// Compresses the records section of a batch with the codec named in its attributes, appending
+/// to `out`.
 ///
 /// Each codec is its own never-inlined function: their encoders keep tables of tens of KiB on
 /// the stack, and inlined together they would make every batch encode (even an uncompressed
 /// one) touch all of them — stack pages that then stay resident in every feed thread.
-fn compress(codec: Codec, plain: &[u8]) -> io::Result<Vec<u8>> {
+fn compress(codec: Codec, plain: &[u8], out: &mut Vec<u8>) -> io::Result<()> {
     match codec {
-        Codec::None => Ok(plain.to_vec()), // not called for None by encode_batch
-        Codec::Gzip => gzip(plain),
-        Codec::Snappy => snappy(plain),
-        Codec::Lz4 => lz4(plain),
-        Codec::Zstd => zstd(plain),
+        Codec::None => out.extend_from_slice(plain), // not called for None by encode_batch
+        Codec::Gzip => gzip(plain, out)?,
+        Codec::Snappy => snappy(plain, out)?,
+        Codec::Lz4 => lz4(plain, out)?,
+        Codec::Zstd => zstd(plain, out)?,
     }
+    Ok(())
 }
 
 #[inline(never)]
-fn gzip(plain: &[u8]) -> io::Result<Vec<u8>> {
-    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+fn gzip(plain: &[u8], out: &mut Vec<u8>) -> io::Result<()> {
+    let mut enc = flate2::write::GzEncoder::new(out, flate2::Compression::default());
     enc.write_all(plain)?;
-    enc.finish()
+    enc.finish().map(|_| ())
 }
 
 #[inline(never)]
-fn snappy(plain: &[u8]) -> io::Result<Vec<u8>> {
+fn snappy(plain: &[u8], out: &mut Vec<u8>) -> io::Result<()> {
     // Same framing as the Java client, so every broker and consumer reads it.
-    let mut out = Vec::with_capacity(XERIAL_MAGIC.len() + plain.len() / 2 + 64);
+    out.reserve(XERIAL_MAGIC.len() + plain.len() / 2 + 64);
     out.extend_from_slice(XERIAL_MAGIC);
     let mut enc = snap::raw::Encoder::new();
     for block in plain.chunks(XERIAL_BLOCK) {
@@ -222,25 +223,27 @@ fn snappy(plain: &[u8]) -> io::Result<Vec<u8>> {
         out.extend_from_slice(&(compressed.len() as u32).to_be_bytes());
         out.extend_from_slice(&compressed);
     }
-    Ok(out)
+    Ok(())
 }
 
 /// An LZ4 frame as Kafka's `KafkaLZ4BlockOutputStream` writes it: independent blocks of at
 /// most 64 KiB, no checksums, no content size, then the end mark. Written here over
-/// lz4_flex's block compressor, into one buffer sized once: its frame encoder allocated and
-/// zeroed two 64 KiB block buffers and grew its output per call, more than the compression
-/// itself on an 84 kB document (BENCHMARKS.md "What moved").
+/// lz4_flex's block compressor, straight into the batch, grown once: its frame encoder
+/// allocated and zeroed two 64 KiB block buffers and grew its output per call, more than the
+/// compression itself on an 84 kB document (BENCHMARKS.md "What moved").
 #[inline(never)]
-fn lz4(plain: &[u8]) -> io::Result<Vec<u8>> {
+fn lz4(plain: &[u8], out: &mut Vec<u8>) -> io::Result<()> {
     let blocks = plain.len().div_ceil(LZ4_BLOCK).max(1);
     let bound = LZ4_FRAME_HEADER.len()
         + blocks * (4 + lz4_flex::block::get_maximum_output_size(LZ4_BLOCK))
         + 4;
-    let mut out = vec![0u8; bound];
-    out[..LZ4_FRAME_HEADER.len()].copy_from_slice(&LZ4_FRAME_HEADER);
+    let start = out.len();
+    out.resize(start + bound, 0);
+    let out_frame = &mut out[start..];
+    out_frame[..LZ4_FRAME_HEADER.len()].copy_from_slice(&LZ4_FRAME_HEADER);
     let mut at = LZ4_FRAME_HEADER.len();
     for block in plain.chunks(LZ4_BLOCK) {
-        let (size, body) = out[at..].split_at_mut(4);
+        let (size, body) = out_frame[at..].split_at_mut(4);
         let n = lz4_flex::block::compress_into(block, body).map_err(io::Error::other)?;
         // A block that does not shrink is stored as is, flagged by the size's high bit.
         let stored = if n < block.len() {
@@ -252,9 +255,9 @@ fn lz4(plain: &[u8]) -> io::Result<Vec<u8>> {
         size.copy_from_slice(&stored.to_le_bytes());
         at += 4 + (stored & 0x7fff_ffff) as usize;
     }
-    out[at..at + 4].copy_from_slice(&0u32.to_le_bytes()); // end mark
-    out.truncate(at + 4);
-    Ok(out)
+    out_frame[at..at + 4].copy_from_slice(&0u32.to_le_bytes()); // end mark
+    out.truncate(start + at + 4);
+    Ok(())
 }
 
 const LZ4_BLOCK: usize = 64 * 1024;
@@ -267,7 +270,7 @@ const LZ4_FRAME_HEADER: [u8; 7] = [0x04, 0x22, 0x4d, 0x18, 0x60, 0x40, 0x82];
 /// C library: a pure-Rust encoder (ruzstd) had only its fastest level, twice the bytes at
 /// seven times the time.
 #[inline(never)]
-fn zstd(plain: &[u8]) -> io::Result<Vec<u8>> {
+fn zstd(plain: &[u8], out: &mut Vec<u8>) -> io::Result<()> {
     let idle = ZSTD_CONTEXTS.lock().ok().and_then(|mut idle| idle.pop());
     let mut context = match idle {
         Some(context) => context,
@@ -279,7 +282,8 @@ fn zstd(plain: &[u8]) -> io::Result<Vec<u8>> {
             idle.push(context);
         }
     }
-    compressed
+    out.extend_from_slice(&compressed?);
+    Ok(())
 }
 
 /// Idle zstd contexts, shared by every feed of the process: making one per batch (tables
@@ -351,6 +355,19 @@ pub(crate) fn decode_batches(mut bytes: Bytes) -> Vec<WireRecord> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::BytesMut;
+
+    /// `compress` behind a batch header's worth of bytes it must leave alone; its output only.
+    fn compressed(codec: Codec, plain: &[u8]) -> Vec<u8> {
+        let mut out = vec![0xee; BATCH_HEADER_LEN];
+        compress(codec, plain, &mut out).unwrap();
+        assert_eq!(
+            out[..BATCH_HEADER_LEN],
+            [0xee; BATCH_HEADER_LEN],
+            "{codec:?}"
+        );
+        out.split_off(BATCH_HEADER_LEN)
+    }
 
     fn sample(n: usize) -> Vec<Sample> {
         (0..n)
@@ -514,7 +531,7 @@ mod tests {
     fn codecs_compress_repetitive_data() {
         let plain = b"{\"trip\":\"abc\",\"stop\":\"def\"}".repeat(2000);
         for codec in [Codec::Gzip, Codec::Snappy, Codec::Lz4, Codec::Zstd] {
-            let c = compress(codec, &plain).unwrap();
+            let c = compressed(codec, &plain);
             assert!(
                 c.len() < plain.len() / 4,
                 "{codec:?}: {} of {}",
@@ -560,19 +577,19 @@ mod tests {
             &json[..],
             &noise[..65_537],
         ] {
-            let frame = lz4(plain).unwrap();
+            let frame = compressed(Codec::Lz4, plain);
             let mut back = Vec::new();
             lz4_flex::frame::FrameDecoder::new(&frame[..])
                 .read_to_end(&mut back)
                 .unwrap();
             assert_eq!(back, plain, "{} bytes", plain.len());
         }
-        assert!(lz4(&json).unwrap().len() < json.len() / 10);
+        assert!(compressed(Codec::Lz4, &json).len() < json.len() / 10);
     }
 
     #[test]
     fn lz4_frame_header_is_kafka_compatible() {
-        let c = compress(Codec::Lz4, b"hello hello hello").unwrap();
+        let c = compressed(Codec::Lz4, b"hello hello hello");
         assert_eq!(&c[..4], &[0x04, 0x22, 0x4d, 0x18]); // LZ4 frame magic
         let flg = c[4];
         assert_eq!(flg >> 6, 1, "version 01");
