@@ -18,8 +18,9 @@
 //! only: musl maps every such block afresh and unmaps it when freed, so each produce call
 //! paid a page fault per 4 KiB of every buffer (a third of the producer's CPU on an 84 kB
 //! document, BENCHMARKS.md "What moved"); glibc keeps freed blocks itself. The pool holds at
-//! most `LARGE_POOL_BYTES` for the whole process, whatever the number of feeds, and `trim()`
-//! leaves it alone: that much stays resident when idle.
+//! most `LARGE_POOL_BYTES` for the whole process, whatever the number of feeds; `trim()` cuts
+//! it to `LARGE_IDLE_BYTES` (what the send of a ~100 kB document uses), so that little stays
+//! resident when idle and the next poll of a small feed finds its buffers mapped.
 //!
 //! Blocks move between threads freely: every cached block was allocated from the system
 //! allocator with its class's size and alignment, so any thread may cache or free it.
@@ -48,6 +49,8 @@ const LARGE_CLASSES: usize = 5 * LARGE_STEPS;
 /// What the process-wide pool of large blocks may hold, in bytes, and in how many blocks.
 const LARGE_POOL_BYTES: usize = 1024 * 1024;
 const LARGE_POOL_SLOTS: usize = 8;
+/// What the pool keeps after a `trim()`.
+const LARGE_IDLE_BYTES: usize = 256 * 1024;
 /// Whether large blocks are pooled: the static musl build only (module comment).
 const POOL_LARGE: bool = cfg!(target_env = "musl");
 
@@ -149,6 +152,27 @@ impl LargePool {
             }
         }
         ptr::null_mut()
+    }
+
+    /// Takes blocks out, largest first, until at most `keep` bytes are left in the pool.
+    fn shrink_to(&mut self, keep: usize) -> [(*mut u8, usize); LARGE_POOL_SLOTS] {
+        let mut out = [(ptr::null_mut::<u8>(), 0); LARGE_POOL_SLOTS];
+        while self.bytes > keep {
+            let Some(largest) = self
+                .slots
+                .iter_mut()
+                .filter(|slot| !slot.0.is_null())
+                .max_by_key(|slot| slot.1)
+            else {
+                break;
+            };
+            let taken = std::mem::replace(largest, (ptr::null_mut(), 0));
+            self.bytes -= class_size(taken.1);
+            if let Some(free) = out.iter_mut().find(|o| o.0.is_null()) {
+                *free = taken;
+            }
+        }
+        out
     }
 
     /// Keeps `block` if the bounds allow; false: the caller frees it.
@@ -268,8 +292,15 @@ unsafe impl GlobalAlloc for CachingAlloc {
     }
 }
 
-/// Hands this thread's cached blocks back to the system allocator.
+/// Hands this thread's cached blocks back to the system allocator, and the process-wide pool's
+/// beyond `LARGE_IDLE_BYTES`.
 pub fn trim() {
+    for (block, class) in with_large(|pool| pool.shrink_to(LARGE_IDLE_BYTES)) {
+        if !block.is_null() {
+            // SAFETY: the block came from System with its class's layout, and is off the pool.
+            unsafe { System.dealloc(block, class_layout(class)) }
+        }
+    }
     let heads = with_cache(|cache| {
         cache.bytes = 0;
         std::mem::replace(&mut cache.heads, [ptr::null_mut(); CLASSES])
@@ -374,6 +405,21 @@ mod tests {
             .count();
         assert_eq!(kept, LARGE_POOL_SLOTS);
         assert!(pool.bytes <= LARGE_POOL_BYTES);
+        // Cut to the idle bound, the largest blocks first.
+        let small = CLASSES + large_class_of(40 * 1024).unwrap();
+        let mut pool = empty();
+        assert!(pool.keep(block(0), small));
+        assert!(pool.keep(block(1), class));
+        assert!(pool.keep(block(2), CLASSES + large_class_of(300_000).unwrap()));
+        let freed = pool.shrink_to(200 * 1024);
+        let freed: Vec<*mut u8> = freed.iter().map(|f| f.0).filter(|p| !p.is_null()).collect();
+        assert_eq!(freed, [block(2)]);
+        assert_eq!(pool.bytes, 40 * 1024 + 112 * 1024);
+        assert_eq!(
+            pool.shrink_to(0).iter().filter(|f| !f.0.is_null()).count(),
+            2
+        );
+        assert_eq!(pool.bytes, 0);
         // Bounded by bytes: a 1 MiB block fills it.
         let mut pool = empty();
         assert!(pool.keep(block(0), CLASSES + LARGE_CLASSES - 1));

@@ -233,9 +233,12 @@ fn snappy(plain: &[u8], out: &mut Vec<u8>) -> io::Result<()> {
 /// compression itself on an 84 kB document (BENCHMARKS.md "What moved").
 #[inline(never)]
 fn lz4(plain: &[u8], out: &mut Vec<u8>) -> io::Result<()> {
-    let blocks = plain.len().div_ceil(LZ4_BLOCK).max(1);
+    // Each block's worst case (the last one is shorter), its size word, the end mark.
     let bound = LZ4_FRAME_HEADER.len()
-        + blocks * (4 + lz4_flex::block::get_maximum_output_size(LZ4_BLOCK))
+        + plain
+            .chunks(LZ4_BLOCK)
+            .map(|block| 4 + lz4_flex::block::get_maximum_output_size(block.len()))
+            .sum::<usize>()
         + 4;
     let start = out.len();
     extend_zeroed(out, bound);
