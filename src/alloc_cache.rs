@@ -1,4 +1,5 @@
-//! A small per-thread cache of freed small blocks in front of the system allocator.
+//! A small per-thread cache of freed small blocks in front of the system allocator, and a
+//! process-wide pool of a few large ones.
 //!
 //! Why: decoding a feed allocates and frees tens of thousands of small blocks (prost strings,
 //! boxed sub-messages, vectors), entity after entity. musl's allocator (the shipped static
@@ -14,7 +15,7 @@
 //! thread-local destructor would have to allocate its registration inside the allocator).
 //!
 //! Larger blocks, up to `LARGE_MAX` (a produce call's record batch, its codec's input and
-//! output, 64 KiB – 1 MiB each), go to one process-wide pool instead, on the static musl build
+//! output, 32 KiB – 1 MiB each), go to one process-wide pool instead, on the static musl build
 //! only: musl maps every such block afresh and unmaps it when freed, so each produce call
 //! paid a page fault per 4 KiB of every buffer (a third of the producer's CPU on an 84 kB
 //! document, BENCHMARKS.md "What moved"); glibc keeps freed blocks itself. The pool holds at
@@ -95,11 +96,13 @@ fn class_of(layout: Layout) -> Option<usize> {
 /// The large class (0-based) of a size in (32 KiB, 1 MiB].
 #[inline]
 fn large_class_of(size: usize) -> Option<usize> {
-    // The doubling (32–64 KiB is 0) and the quarter of it the size reaches.
-    let doubling = (usize::BITS - 1 - (size - 1).leading_zeros()) as usize; // 15 for 32 KiB..
-    let base = 1usize << doubling;
+    // The doubling the size falls in (above 32 KiB up to 64 KiB is the first) and the quarter
+    // of it the size reaches.
+    let log2 = (usize::BITS - 1 - (size - 1).leading_zeros()) as usize;
+    let base = 1usize << log2;
     let quarter = (size - 1 - base) / (base / LARGE_STEPS);
-    let class = (doubling.checked_sub(15)?) * LARGE_STEPS + quarter;
+    let doubling = log2.checked_sub(MAX_CACHED.trailing_zeros() as usize)?;
+    let class = doubling * LARGE_STEPS + quarter;
     (class < LARGE_CLASSES).then_some(class)
 }
 
