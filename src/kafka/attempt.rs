@@ -12,9 +12,13 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use super::batch::Identity;
+use super::codes::{
+    INVALID_PRODUCER_EPOCH, LEADER_NOT_AVAILABLE, OUT_OF_ORDER_SEQUENCE_NUMBER,
+    UNKNOWN_PRODUCER_ID, UNKNOWN_TOPIC_OR_PARTITION,
+};
 use super::error::KafkaError;
 use super::idempotence::Idempotence;
-use super::metadata::{TopicInfo, UNKNOWN_TOPIC_OR_PARTITION};
+use super::metadata::TopicInfo;
 use super::partitioner;
 use super::produce::Outcome;
 use super::producer::Record;
@@ -269,7 +273,7 @@ impl<'c, 'r> Call<'c, 'r> {
                 "-",
                 self.topic,
                 None,
-                5,
+                LEADER_NOT_AVAILABLE,
                 Some("no leader yet".to_owned()),
             ));
         }
@@ -304,14 +308,13 @@ impl<'c, 'r> Call<'c, 'r> {
     }
 
     /// The partitions' batches of this round, for `Idempotence::note_unsettled`.
-    pub(crate) fn going(&self, partitions: &[i32]) -> BTreeMap<i32, Vec<usize>> {
-        let mut going = BTreeMap::new();
-        for p in partitions {
-            if let Some(idx) = self.round.get(p) {
-                going.entry(*p).or_insert_with(|| idx.clone());
-            }
-        }
-        going
+    pub(crate) fn going<'a>(
+        &'a self,
+        partitions: &'a [i32],
+    ) -> impl Iterator<Item = (i32, &'a [usize])> + 'a {
+        partitions
+            .iter()
+            .filter_map(|&p| Some((p, self.round.get(&p)?.as_slice())))
     }
 
     /// The leader's address is unknown: refresh and retry.
@@ -467,7 +470,10 @@ impl<'c, 'r> Call<'c, 'r> {
 /// OUT_OF_ORDER_SEQUENCE_NUMBER, INVALID_PRODUCER_EPOCH, UNKNOWN_PRODUCER_ID: the broker no
 /// longer agrees with our sequence numbers.
 fn is_lost_producer_state(e: &KafkaError) -> bool {
-    matches!(e.code(), Some(45 | 47 | 59))
+    matches!(
+        e.code(),
+        Some(OUT_OF_ORDER_SEQUENCE_NUMBER | INVALID_PRODUCER_EPOCH | UNKNOWN_PRODUCER_ID)
+    )
 }
 
 #[cfg(test)]
@@ -648,8 +654,7 @@ mod tests {
         round(&mut call, Some(&idem));
         call.identity(Some(&idem), 0);
         call.identity(Some(&idem), 1);
-        let going = call.going(&[0, 1]);
-        idem.note_unsettled("t", &records, &going, call.sequences());
+        idem.note_unsettled("t", &records, call.going(&[0, 1]), call.sequences());
         // Partition 0's answer is lost (perhaps appended); partition 1 lost our state.
         call.recv_failed(code(0, 7));
         call.apply(1, Outcome::Fatal(code(1, 45)), Some(&mut idem))
@@ -685,8 +690,7 @@ mod tests {
         let mut first = Call::new("t", &records[..1], 2);
         round(&mut first, Some(&idem));
         first.identity(Some(&idem), 0);
-        let going = first.going(&[0]);
-        assert!(idem.note_unsettled("t", &records[..1], &going, first.sequences()));
+        assert!(idem.note_unsettled("t", &records[..1], first.going(&[0]), first.sequences()));
         // The answer never came; a new call brings other data for that partition.
         let mut second = Call::new("t", &records[1..], 2);
         assert!(second.verdict(false, None).is_none());

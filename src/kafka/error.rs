@@ -5,6 +5,11 @@ use std::fmt;
 
 use kafka_protocol::error::ResponseError;
 
+use super::codes::{
+    CORRUPT_MESSAGE, INVALID_RECORD, MESSAGE_TOO_LARGE, RECORD_LIST_TOO_LARGE,
+    UNKNOWN_TOPIC_OR_PARTITION,
+};
+
 /// What the client was doing on a connection when an I/O error or a timeout hit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
@@ -160,26 +165,28 @@ impl KafkaError {
         }
     }
 
-    /// The Kafka error code, when the broker sent one.
     /// The broker (or the protocol) refused these bytes themselves — too large, corrupt,
     /// invalid — so they were not appended and resending them can never work, unlike an
     /// outage or a permission that an operator may still fix. The one place that knows
     /// which codes mean that.
     pub fn rejects_data(&self) -> bool {
-        // CORRUPT_MESSAGE, MESSAGE_TOO_LARGE, RECORD_LIST_TOO_LARGE, INVALID_RECORD.
         matches!(
             self,
             KafkaError::MessageTooLarge { .. }
                 | KafkaError::RequestTooLarge { .. }
                 | KafkaError::Encode { .. }
-        ) || matches!(self.code(), Some(2 | 10 | 18 | 87))
+        ) || matches!(
+            self.code(),
+            Some(CORRUPT_MESSAGE | MESSAGE_TOO_LARGE | RECORD_LIST_TOO_LARGE | INVALID_RECORD)
+        )
     }
 
+    /// The Kafka error code, when the broker sent one.
     pub fn code(&self) -> Option<i16> {
         match self {
             KafkaError::Broker { code, .. } => Some(*code),
-            KafkaError::MessageTooLarge { .. } => Some(10),
-            KafkaError::UnknownTopic { .. } => Some(3),
+            KafkaError::MessageTooLarge { .. } => Some(MESSAGE_TOO_LARGE),
+            KafkaError::UnknownTopic { .. } => Some(UNKNOWN_TOPIC_OR_PARTITION),
             _ => None,
         }
     }

@@ -17,6 +17,10 @@ use kafka_protocol::protocol::{decode_request_header_from_buffer, Decodable, Enc
 use kafka_protocol::records::Record as WireRecord;
 
 use super::batch::decode_batches;
+use super::codes::{
+    INVALID_RECORD, MESSAGE_TOO_LARGE, NOT_LEADER_OR_FOLLOWER, OUT_OF_ORDER_SEQUENCE_NUMBER,
+    UNKNOWN_TOPIC_ID, UNSUPPORTED_VERSION,
+};
 use super::error::{KafkaError, Phase};
 use super::metadata::tests::response as metadata_response;
 use super::transport::{Connector, Transport};
@@ -100,11 +104,11 @@ impl State {
             }
             if let Some(&(_, last_seq, n, _, _)) = window.iter().rev().find(|b| b.0 == pid) {
                 if seq != last_seq.wrapping_add(n as i32) {
-                    return (45, -1);
+                    return (OUT_OF_ORDER_SEQUENCE_NUMBER, -1);
                 }
             } else if seq != 0 {
                 // A producer id the partition never saw must start at 0.
-                return (45, -1);
+                return (OUT_OF_ORDER_SEQUENCE_NUMBER, -1);
             }
         }
         window.push_back((pid, seq, records.len(), log_len, fingerprint));
@@ -320,7 +324,7 @@ impl FakeConn {
                 };
                 if version > state.api_versions_max {
                     let body = ApiVersionsResponse::default()
-                        .with_error_code(35)
+                        .with_error_code(UNSUPPORTED_VERSION)
                         .with_api_keys(ranges(&state));
                     return Some(respond(&header, 0, &body, 0));
                 }
@@ -385,11 +389,11 @@ impl FakeConn {
                             .topic_id
                             .is_some_and(|id| topic.topic_id != uuid::Uuid::from_bytes(id));
                     let (code, base_offset) = if stale_id {
-                        (100, -1)
+                        (UNKNOWN_TOPIC_ID, -1)
                     } else if let Some(pos) = state.produce_errors.iter().position(|e| e.0 == p) {
                         (state.produce_errors.remove(pos).map_or(0, |e| e.1), -1)
                     } else if state.leaders.get(p as usize) != Some(&self.node) {
-                        (6, -1)
+                        (NOT_LEADER_OR_FOLLOWER, -1)
                     } else {
                         let records = decode_batches(pd.records.clone().unwrap());
                         let value_bytes: usize = records
@@ -397,13 +401,13 @@ impl FakeConn {
                             .map(|r| r.value.as_ref().map_or(0, |v| v.len()))
                             .sum();
                         if state.max_batch_bytes.is_some_and(|max| value_bytes > max) {
-                            (10, -1)
+                            (MESSAGE_TOO_LARGE, -1)
                         } else if records.iter().any(|r| {
                             r.value
                                 .as_deref()
                                 .is_some_and(|v| v.ends_with(INVALID_MARK))
                         }) {
-                            (87, -1)
+                            (INVALID_RECORD, -1)
                         } else {
                             state.append(p, records)
                         }

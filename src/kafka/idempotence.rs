@@ -144,23 +144,23 @@ impl Idempotence {
     /// Notes batches about to be sent as of unknown fate until acknowledged or refused.
     /// Returns whether any of them is new (not a resend of a batch already noted): the state
     /// worth saving before it goes out.
-    pub(crate) fn note_unsettled(
+    pub(crate) fn note_unsettled<'i>(
         &mut self,
         topic: &str,
         records: &[Record<'_>],
-        by_partition: &BTreeMap<i32, Vec<usize>>,
+        by_partition: impl IntoIterator<Item = (i32, &'i [usize])>,
         sequences: &HashMap<i32, i32>,
     ) -> bool {
         let mut new = false;
         for (p, idx) in by_partition {
-            let Some(&base) = sequences.get(p) else {
+            let Some(&base) = sequences.get(&p) else {
                 continue;
             };
             let entry = Unsettled {
                 base_sequence: base,
                 records: idx.iter().map(|&i| fingerprint(records, &[i])).collect(),
             };
-            let key = (topic.to_owned(), *p);
+            let key = (topic.to_owned(), p);
             if self.unsettled.get(&key) != Some(&entry) {
                 new = true;
                 self.restored.retain(|k| *k != key);
@@ -172,11 +172,18 @@ impl Idempotence {
 
     /// Where a keyless record went when it was last sent with an unknown outcome.
     pub(crate) fn unsettled_partition_of(&self, topic: &str, record: &Record<'_>) -> Option<i32> {
+        let mut in_doubt = self
+            .unsettled
+            .iter()
+            .filter(|((t, _), _)| t == topic)
+            .peekable();
+        // Nothing in doubt, the usual case: the record (a whole document in feed mode) is not
+        // fingerprinted here as well as in `note_unsettled`.
+        in_doubt.peek()?;
         let fp = fingerprint(std::slice::from_ref(record), &[0]);
         // The lowest such partition: the same answer whatever the map's order (replayable).
-        self.unsettled
-            .iter()
-            .filter(|((t, _), u)| t == topic && u.records.contains(&fp))
+        in_doubt
+            .filter(|(_, u)| u.records.contains(&fp))
             .map(|((_, p), _)| *p)
             .min()
     }
@@ -472,10 +479,10 @@ mod tests {
         s.identity("t", 0, &mut seqs);
         s.commit_sequence("t", 0, 5, &mut seqs);
         s.identity("t", 1, &mut seqs);
-        let by_partition = BTreeMap::from([(1, vec![0, 1])]);
-        assert!(s.note_unsettled("t", rs, &by_partition, &seqs));
+        let batch = [0, 1];
+        assert!(s.note_unsettled("t", rs, [(1, &batch[..])], &seqs));
         assert!(
-            !s.note_unsettled("t", rs, &by_partition, &seqs),
+            !s.note_unsettled("t", rs, [(1, &batch[..])], &seqs),
             "a resend is not new"
         );
         s
@@ -501,6 +508,20 @@ mod tests {
         // Other data at that sequence is detected.
         let other = BTreeMap::from([(1, vec![1, 2])]);
         assert!(back.reuses_unsettled_sequence("t", &rs, &other, &HashMap::new()));
+    }
+
+    #[test]
+    fn a_record_in_doubt_goes_back_to_its_partition_and_others_are_free() {
+        let rs = records(&["a", "b", "c"]);
+        assert_eq!(
+            Idempotence::new(1, 0).unsettled_partition_of("t", &rs[0]),
+            None,
+            "nothing in doubt"
+        );
+        let s = state_in_doubt(&rs);
+        assert_eq!(s.unsettled_partition_of("t", &rs[1]), Some(1));
+        assert_eq!(s.unsettled_partition_of("t", &rs[2]), None, "not in it");
+        assert_eq!(s.unsettled_partition_of("u", &rs[1]), None, "another topic");
     }
 
     #[test]

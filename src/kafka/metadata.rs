@@ -11,10 +11,8 @@ use kafka_protocol::protocol::StrBytes;
 use super::error::KafkaError;
 use super::response::MetadataView;
 
-/// UNKNOWN_TOPIC_OR_PARTITION.
-pub(crate) const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
-/// LEADER_NOT_AVAILABLE: the usual answer while an auto-created topic gets its leaders.
-const LEADER_NOT_AVAILABLE: i16 = 5;
+// LEADER_NOT_AVAILABLE is the usual answer while an auto-created topic gets its leaders.
+use super::codes::{LEADER_NOT_AVAILABLE, UNKNOWN_TOPIC_OR_PARTITION};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct PartitionInfo {

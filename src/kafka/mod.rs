@@ -3,6 +3,7 @@
 //! Kafka; never sees feeds, protobuf or JSON, and never spawns threads.
 //!
 //! Module map, bottom-up:
+//! - `codes`: the Kafka error codes we decide on, by name.
 //! - `wire`: size-prefixed frames, headers, correlation ids, leftover-byte checks.
 //! - `response`: bounded decoders of the four responses we read (no count is trusted).
 //! - `versions`: ApiVersions handshake (KIP-511 fallback) and highest-common-version choice.
@@ -23,6 +24,7 @@
 
 mod attempt;
 mod batch;
+mod codes;
 mod config;
 mod error;
 #[cfg(test)]

@@ -8,6 +8,9 @@ use kafka_protocol::messages::{ProduceRequest, TopicName};
 use kafka_protocol::protocol::StrBytes;
 
 use super::batch::EncodedBatch;
+// The codes `classify` decides on, by name (a misspelt one would be a catch-all binding,
+// which the compiler flags).
+use super::codes::*;
 use super::config::Acks;
 use super::error::KafkaError;
 use super::response::ProduceView;
@@ -125,18 +128,23 @@ pub(crate) fn classify(
         reason: err(),
     };
     match code {
-        0 => Outcome::Done { base_offset },
-        // DUPLICATE_SEQUENCE_NUMBER: an idempotent retry of a batch the broker already has.
-        46 => Outcome::Done { base_offset },
-        // Leadership moved or is unknown; the topic may still be in creation: ask for fresh metadata.
-        // UNKNOWN_TOPIC_OR_PARTITION, LEADER_NOT_AVAILABLE, NOT_LEADER_OR_FOLLOWER, NETWORK_EXCEPTION,
-        // KAFKA_STORAGE_ERROR, FENCED_LEADER_EPOCH, UNKNOWN_LEADER_EPOCH; UNKNOWN_TOPIC_ID and
-        // INCONSISTENT_TOPIC_ID (the topic was deleted and recreated: its new id is in fresh
-        // metadata).
-        3 | 5 | 6 | 13 | 56 | 74 | 75 | 100 | 103 => retry(true),
-        // REQUEST_TIMED_OUT, NOT_ENOUGH_REPLICAS(_AFTER_APPEND): same leader, later.
-        7 | 19 | 20 => retry(false),
-        10 => Outcome::Fatal(KafkaError::MessageTooLarge {
+        NONE => Outcome::Done { base_offset },
+        // An idempotent retry of a batch the broker already has.
+        DUPLICATE_SEQUENCE_NUMBER => Outcome::Done { base_offset },
+        // Leadership moved or is unknown; the topic may still be in creation, or was deleted
+        // and created again (its new id is in fresh metadata): ask for fresh metadata.
+        UNKNOWN_TOPIC_OR_PARTITION
+        | LEADER_NOT_AVAILABLE
+        | NOT_LEADER_OR_FOLLOWER
+        | NETWORK_EXCEPTION
+        | KAFKA_STORAGE_ERROR
+        | FENCED_LEADER_EPOCH
+        | UNKNOWN_LEADER_EPOCH
+        | UNKNOWN_TOPIC_ID
+        | INCONSISTENT_TOPIC_ID => retry(true),
+        // Same leader, later.
+        REQUEST_TIMED_OUT | NOT_ENOUGH_REPLICAS | NOT_ENOUGH_REPLICAS_AFTER_APPEND => retry(false),
+        MESSAGE_TOO_LARGE => Outcome::Fatal(KafkaError::MessageTooLarge {
             broker: broker.to_owned(),
             topic: topic.to_owned(),
             partition: sent.partition,
@@ -144,31 +152,39 @@ pub(crate) fn classify(
             largest_record_bytes: sent.batch.largest_record_bytes,
             compression: sent.batch.compression,
         }),
-        // Our own bytes or settings are wrong; resending them cannot help: CORRUPT_MESSAGE,
-        // INVALID_TOPIC_EXCEPTION, RECORD_LIST_TOO_LARGE, INVALID_REQUIRED_ACKS,
-        // TOPIC/CLUSTER_AUTHORIZATION_FAILED, INVALID_TIMESTAMP, UNSUPPORTED_VERSION,
-        // UNSUPPORTED_FOR_MESSAGE_FORMAT, OUT_OF_ORDER_SEQUENCE_NUMBER, INVALID_PRODUCER_EPOCH,
-        // UNKNOWN_PRODUCER_ID, UNSUPPORTED_COMPRESSION_TYPE, INVALID_RECORD.
-        2 | 17 | 18 | 21 | 29 | 31 | 32 | 35 | 43 | 45 | 47 | 59 | 76 | 87 => {
-            Outcome::Fatal(match err() {
-                KafkaError::Broker {
-                    broker,
-                    topic,
-                    partition,
-                    code,
-                    message,
-                    ..
-                } => KafkaError::Broker {
-                    broker,
-                    topic,
-                    partition,
-                    code,
-                    message,
-                    retriable: false,
-                },
-                other => other,
-            })
-        }
+        // Our own bytes or settings are wrong, or the broker lost our producer state;
+        // resending the same cannot help.
+        CORRUPT_MESSAGE
+        | INVALID_TOPIC_EXCEPTION
+        | RECORD_LIST_TOO_LARGE
+        | INVALID_REQUIRED_ACKS
+        | TOPIC_AUTHORIZATION_FAILED
+        | CLUSTER_AUTHORIZATION_FAILED
+        | INVALID_TIMESTAMP
+        | UNSUPPORTED_VERSION
+        | UNSUPPORTED_FOR_MESSAGE_FORMAT
+        | OUT_OF_ORDER_SEQUENCE_NUMBER
+        | INVALID_PRODUCER_EPOCH
+        | UNKNOWN_PRODUCER_ID
+        | UNSUPPORTED_COMPRESSION_TYPE
+        | INVALID_RECORD => Outcome::Fatal(match err() {
+            KafkaError::Broker {
+                broker,
+                topic,
+                partition,
+                code,
+                message,
+                ..
+            } => KafkaError::Broker {
+                broker,
+                topic,
+                partition,
+                code,
+                message,
+                retriable: false,
+            },
+            other => other,
+        }),
         // Anything else: trust the protocol's retriable flag.
         _ => match err() {
             e if e.is_retriable() => Outcome::Retry {

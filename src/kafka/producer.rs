@@ -14,6 +14,7 @@ use kafka_protocol::protocol::{Encodable, StrBytes};
 
 use super::attempt::{Call, Plan};
 use super::batch::{encode_batch, BatchRecord};
+use super::codes::{NOT_CONTROLLER, TOPIC_ALREADY_EXISTS};
 use super::config::{Acks, ProducerConfig, Sasl};
 use super::error::KafkaError;
 use super::idempotence::Idempotence;
@@ -40,9 +41,6 @@ pub enum TopicCreation {
     Created,
     AlreadyExists,
 }
-
-const TOPIC_ALREADY_EXISTS: i16 = 36;
-const NOT_CONTROLLER: i16 = 41;
 
 /// One record to produce. The timestamp is the record's creation time in ms since the epoch.
 #[derive(Debug, Clone, Copy)]
@@ -437,7 +435,7 @@ impl Producer {
                     .flat_map(|(_, batches)| batches.iter().map(|b| b.partition))
                     .collect();
                 let going = call.going(&partitions);
-                let new = idem.note_unsettled(topic, call.records(), &going, call.sequences());
+                let new = idem.note_unsettled(topic, call.records(), going, call.sequences());
                 if let (true, Some(save)) = (new, journal.as_mut()) {
                     save(&idem.encode(unix_ms()), &call.done());
                 }

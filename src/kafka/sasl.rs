@@ -18,8 +18,8 @@ use super::versions::Versions;
 use super::wire::{self, EncodedRequest, RequestEncoder};
 use super::Secret;
 
-/// UNSUPPORTED_SASL_MECHANISM: the handshake answer that lists what the broker offers instead.
-const UNSUPPORTED_SASL_MECHANISM: i16 = 33;
+// UNSUPPORTED_SASL_MECHANISM: the handshake answer that lists what the broker offers instead.
+use super::codes::UNSUPPORTED_SASL_MECHANISM;
 
 /// SCRAM iteration counts we accept from a server. Kafka itself allows 4096..=16384; a lower
 /// count from an impostor would make our proof cheap to brute-force, a much higher one would

@@ -25,8 +25,8 @@ pub(crate) const SASL_HANDSHAKE: (i16, i16) = (1, 1);
 /// SaslAuthenticate v1 adds the session lifetime (KIP-368), v2 is flexible.
 pub(crate) const SASL_AUTHENTICATE: (i16, i16) = (0, 2);
 
-/// UNSUPPORTED_VERSION, the code of a KIP-511 "please retry with a lower version" answer.
-const UNSUPPORTED_VERSION: i16 = 35;
+// UNSUPPORTED_VERSION: the code of a KIP-511 "please retry with a lower version" answer.
+use super::codes::UNSUPPORTED_VERSION;
 
 /// The version of each API to use on one connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
