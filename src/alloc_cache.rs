@@ -430,6 +430,29 @@ mod tests {
         assert_eq!(pool.bytes, LARGE_POOL_BYTES);
     }
 
+    /// README "Memory": after a poll the pool keeps at most 256 KiB. On glibc nothing else
+    /// uses the process-wide pool (it is musl's), so here it is this test's alone.
+    #[cfg(not(target_env = "musl"))]
+    #[test]
+    fn trim_cuts_the_large_pool_to_its_idle_bound() {
+        let class = CLASSES + large_class_of(200_000).unwrap();
+        for _ in 0..4 {
+            // SAFETY: a valid layout; the block goes to the pool, which frees it as its class.
+            let block = unsafe { System.alloc(class_layout(class)) };
+            assert!(with_large(|pool| pool.keep(block, class)));
+        }
+        assert!(with_large(|pool| pool.bytes) > LARGE_IDLE_BYTES);
+        trim();
+        let kept = with_large(|pool| pool.bytes);
+        assert!(kept > 0 && kept <= LARGE_IDLE_BYTES, "{kept}");
+        for (block, class) in with_large(|pool| pool.shrink_to(0)) {
+            if !block.is_null() {
+                // SAFETY: allocated above with this class's layout, now off the pool.
+                unsafe { System.dealloc(block, class_layout(class)) }
+            }
+        }
+    }
+
     #[test]
     fn freed_blocks_are_reused_bounded_and_trimmed() {
         let a = CachingAlloc;

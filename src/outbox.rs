@@ -766,6 +766,8 @@ mod tests {
         cues: Arc<Mutex<Vec<Cue>>>,
         accepted: Arc<Mutex<Vec<Vec<u8>>>>,
         attempts: Arc<Mutex<Vec<usize>>>,
+        /// Keeps a delivery state, as the Kafka sink: journalled before every send.
+        journaling: bool,
     }
 
     impl ScriptedSink {
@@ -783,13 +785,20 @@ mod tests {
     }
 
     impl Sink for ScriptedSink {
+        fn journal_state(&self) -> Option<Vec<u8>> {
+            self.journaling.then(|| b"state".to_vec())
+        }
+
         fn deliver(
             &mut self,
             records: &[OutRecord<'_>],
             _: Instant,
-            _: Option<Journal<'_>>,
+            journal: Option<Journal<'_>>,
         ) -> Delivered {
             self.attempts.lock().unwrap().push(records.len());
+            if let (true, Some(save)) = (self.journaling, journal) {
+                save(b"state", &vec![false; records.len()]);
+            }
             let cue = {
                 let mut cues = self.cues.lock().unwrap();
                 if cues.is_empty() {
@@ -965,6 +974,36 @@ mod tests {
         assert_eq!(got, ["e:0", "e:1", "e:3"]);
         assert_eq!(stats.rejected_records, 1);
         assert_eq!(stats.delivered, 1);
+    }
+
+    /// README "Exactly once across a crash": one journal write before a send of new data, one
+    /// more after the broker refuses a record, and one at a stop that leaves finished
+    /// snapshots' files — which go only once a journal covers them.
+    #[test]
+    fn the_journal_is_written_before_a_send_after_a_refusal_and_at_the_stop() {
+        let dir = std::env::temp_dir().join(format!("grk-outbox-jw-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut sink = ScriptedSink::with(vec![Cue::Refuse(1)]);
+        sink.journaling = true;
+        let (mut o, mut stats) = outbox(&sink, 1 << 20, Some(&dir));
+        push_entities(&mut o, "e", 3, &mut stats);
+        let writes = |o: &Outbox| o.spool.as_ref().map_or(0, Spool::journal_generation);
+        let snapshot_files = || {
+            std::fs::read_dir(&dir)
+                .unwrap()
+                .filter(|e| e.as_ref().unwrap().path().extension() == Some("snap".as_ref()))
+                .count()
+        };
+        assert_eq!(writes(&o), 0);
+        let _ = o.send_batch(far(), &mut stats);
+        assert_eq!(stats.rejected_records, 1);
+        assert!(o.is_empty(), "records 0 and 2 landed, 1 set aside");
+        assert_eq!(writes(&o), 2, "one before the send, one after the refusal");
+        assert_eq!(snapshot_files(), 1, "finished, but no journal says so yet");
+        o.drain(far(), &mut stats, &mut |_, _| {});
+        assert_eq!(writes(&o), 3, "one at the stop");
+        assert_eq!(snapshot_files(), 0, "removed once covered");
+        std::fs::remove_dir_all(&dir).ok();
     }
 
     #[test]

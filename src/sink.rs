@@ -114,16 +114,15 @@ pub trait Sink {
         journal: Option<Journal<'_>>,
     ) -> Delivered;
 
-    /// Takes over the state a previous run saved through the journal. `Ok(Some(..))` says
-    /// what was taken over; `Ok(None)`: this sink keeps no such state; `Err`: why it can't be
-    /// used (and what that may cost).
     /// The delivery state worth saving, now (what `deliver` hands its journal).
     fn journal_state(&self) -> Option<Vec<u8>> {
         None
     }
 
-    /// `pending`: the records still to deliver, oldest first (what was in flight is among
-    /// them unless it landed).
+    /// Takes over the state a previous run saved through the journal. `Ok(Some(..))` says
+    /// what was taken over; `Ok(None)`: this sink keeps no such state; `Err`: why it can't be
+    /// used (and what that may cost). `pending`: the records still to deliver, oldest first
+    /// (what was in flight is among them unless it landed).
     fn restore(
         &mut self,
         _state: &[u8],

@@ -188,6 +188,12 @@ impl Spool {
         Ok(())
     }
 
+    /// The generation of the newest journal: in a new spool, how many were written.
+    #[cfg(test)]
+    pub(crate) fn journal_generation(&self) -> u64 {
+        self.journal_generation.get()
+    }
+
     /// Writes the snapshot durably (one write, one fsync) before it is first sent. A write
     /// that fails (disk full) removes its partial file, so the next start doesn't mistake it
     /// for a torn snapshot.
